@@ -1,0 +1,135 @@
+"""Branches: per-task-group heads on the trunk features, each an ensemble of `ensemble_size` members.
+
+A branch maps trunk features (B, L, D) to per-member features (E, B, L, D_out) and pooled features (E, B, D_out);
+members share the trunk and nothing else. The ensemble is a leading tensor dim, never a key suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from cortex.model.configuration_neural_tree import (
+    Conv1dBranchConfig,
+    MLPBranchConfig,
+    TransformerBranchConfig,
+)
+from cortex.model.layers import Conv1dResidBlock, TransformerBlock, block_widths, build_pooling
+
+
+@dataclass
+class BranchOutput(ModelOutput):
+    """last_hidden_state (E, B, L, D); pooled (E, B, D); attention_mask (B, L) long (the trunk's)."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+class Conv1dBranchMember(nn.Module):
+    """Conv1d residual blocks on (B, L, D) features (channel-first inside), then pooling."""
+
+    def __init__(self, config: Conv1dBranchConfig, in_dim: int):
+        super().__init__()
+        widths = block_widths(in_dim, config.channel_dim, config.out_dim, config.num_blocks)
+        last = len(widths) - 1
+        self.encoder = nn.ModuleList(
+            Conv1dResidBlock(
+                w_in,
+                w_out,
+                config.kernel_size,
+                layernorm=config.layernorm,
+                dropout=config.dropout if index == last else 0.0,
+                mask_input=config.mask_block_input,
+            )
+            for index, (w_in, w_out) in enumerate(widths)
+        )
+        self.pooling = build_pooling(config.pooling, config.out_dim, config.num_pooling_heads)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = attention_mask.to(x.dtype)
+        h = x.transpose(1, 2)  # (B, C, L)
+        for block in self.encoder:
+            h = block(h, mask)
+        h = h.transpose(1, 2)
+        return h, self.pooling(h, attention_mask)
+
+
+class TransformerBranchMember(nn.Module):
+    """Transformer blocks on (B, L, D), then pooling."""
+
+    def __init__(self, config: TransformerBranchConfig, in_dim: int):
+        super().__init__()
+        widths = block_widths(in_dim, config.channel_dim, config.out_dim, config.num_blocks)
+        self.encoder = nn.ModuleList(
+            TransformerBlock(
+                w_in,
+                w_out,
+                config.num_heads,
+                dropout=config.dropout,
+                is_causal=config.is_causal,
+                block=config.block,
+                mask_padding=config.mask_padding_in_attention,
+            )
+            for w_in, w_out in widths
+        )
+        self.pooling = build_pooling(
+            config.pooling,
+            config.out_dim,
+            config.num_pooling_heads,
+            mask_padding=config.mask_padding_in_attention,
+        )
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in self.encoder:
+            x = block(x, attention_mask)
+        return x, self.pooling(x, attention_mask)
+
+
+class MLPBranchMember(nn.Module):
+    """Per-position MLP: num_layers x [Linear(., hidden_dim), GELU, Dropout] then Linear(., out_dim); pooling."""
+
+    def __init__(self, config: MLPBranchConfig, in_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(config.num_layers):
+            layers += [nn.Linear(width, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout)]
+            width = config.hidden_dim
+        layers.append(nn.Linear(width, config.out_dim))
+        self.encoder = nn.Sequential(*layers)
+        self.pooling = build_pooling(config.pooling, config.out_dim, config.num_pooling_heads)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return h, self.pooling(h, attention_mask)
+
+
+MEMBER_CLASSES: dict[type, type] = {
+    Conv1dBranchConfig: Conv1dBranchMember,
+    TransformerBranchConfig: TransformerBranchMember,
+    MLPBranchConfig: MLPBranchMember,
+}
+
+
+class Branch(nn.Module):
+    """`ensemble_size` independent members of one branch type; forward stacks their outputs along dim 0."""
+
+    def __init__(self, config: Conv1dBranchConfig | TransformerBranchConfig | MLPBranchConfig, in_dim: int):
+        super().__init__()
+        self.ensemble_size = config.ensemble_size
+        self.out_dim = config.out_dim
+        member_class = MEMBER_CLASSES[type(config)]
+        self.members = nn.ModuleList(member_class(config, in_dim) for _ in range(config.ensemble_size))
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> BranchOutput:
+        """hidden_states (B, L, D), attention_mask (B, L) -> BranchOutput with leading ensemble dim E."""
+        outputs = [member(hidden_states, attention_mask) for member in self.members]
+        return BranchOutput(
+            last_hidden_state=torch.stack([features for features, _ in outputs]),
+            pooled=torch.stack([pooled for _, pooled in outputs]),
+            attention_mask=attention_mask,
+        )
