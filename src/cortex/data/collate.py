@@ -1,0 +1,237 @@
+"""Rows -> tensors, inside DataLoader workers: `TreeCollator` tokenizes each root's column with that root's
+tokenizer, pads, and builds the typed `TreeBatch` the model and tasks consume.
+
+The original tokenized inside the model's forward, on the training process; here the model only ever sees
+`input_ids` / `attention_mask` (int64, 1 = real token) and the tasks see their labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TreeBatch:
+    """One batch: per root {"input_ids": (B, L) int64, "attention_mask": (B, L) int64} and per task its labels
+    (regression (B, T) float32 with NaN = missing; classification (B,) int64 with -100 = missing; LM tasks
+    have none: their targets are the input ids)."""
+
+    root_inputs: dict[str, dict[str, torch.Tensor]]
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.root_inputs.values()))["input_ids"].shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TreeBatch:
+        return TreeBatch(
+            {
+                root: {key: t.to(device, non_blocking=non_blocking) for key, t in inputs.items()}
+                for root, inputs in self.root_inputs.items()
+            },
+            {task: t.to(device, non_blocking=non_blocking) for task, t in self.labels.items()},
+        )
+
+    def pin_memory(self) -> TreeBatch:
+        """Called by DataLoader(pin_memory=True) on the worker's output."""
+        return TreeBatch(
+            {
+                root: {k: t.pin_memory() for k, t in inputs.items()}
+                for root, inputs in self.root_inputs.items()
+            },
+            {task: t.pin_memory() for task, t in self.labels.items()},
+        )
+
+
+def padded_length(
+    longest: int,
+    *,
+    pad_to_multiple_of: int | None,
+    length_buckets: Sequence[int] | None,
+    max_length: int | None,
+) -> int:
+    """Length a batch whose longest row has `longest` tokens is padded to.
+
+    Length buckets win over the multiple: the smallest bucket >= longest (beyond the largest bucket, the
+    multiple applies). The result never exceeds `max_length` (the root's positional capacity).
+    """
+    target = longest
+    bucket = next((b for b in sorted(length_buckets or ()) if b >= longest), None)
+    if bucket is not None:
+        target = bucket
+    elif pad_to_multiple_of:
+        target = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    return min(target, max_length) if max_length else target
+
+
+class RootEncoder:
+    """Tokenizes one root's sequences: residue check, spacing for word-level vocabularies, length limit.
+
+    Args:
+        tokenizer: the root's tokenizer (ProteinTokenizer or any HF tokenizer).
+        max_length: most tokens per sequence (special tokens included); None = tokenizer.model_max_length.
+        truncation: False -> a longer sequence is an error; True -> truncated to max_length (logged once
+            per table in `check_table`, never silent).
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None, truncation: bool = False
+    ):
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length or tokenizer.model_max_length)
+        self.truncation = truncation
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"tokenizer {type(tokenizer).__name__} has no pad token; expected one for padding"
+            )
+        # Decided once: BERT-style vocabularies need "M K T" to see residues; character-level ones do not.
+        self.separate_residues = len(tokenizer("AC", add_special_tokens=False)["input_ids"]) != 2
+        self.num_special = tokenizer.num_special_tokens_to_add(pair=False)
+        specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
+        self._special_pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
+        vocab = tokenizer.get_vocab()
+        self.alphabet = frozenset(t for t in vocab if len(t) == 1 and not t.isspace())
+        self.unk_token_id = tokenizer.unk_token_id
+
+    def check_sequences(self, sequences: pd.Series, *, where: str) -> None:
+        """Raises ValueError naming the first bad row: not a string, empty, unknown residue, too long (unless
+        truncation is on, then logs how many will be truncated). Assumes one token per residue (true for
+        every protein tokenizer); `encode` re-checks with the real tokens."""
+        values = sequences.to_numpy()
+        kinds = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=len(values))
+        if not kinds.all():
+            row = int(np.flatnonzero(~kinds)[0])
+            raise ValueError(f"{where}: row {row} is {values[row]!r}; expected a string of residues")
+        stripped = sequences.str.replace(r"\s+", "", regex=True)
+        if self._special_pattern is not None:
+            stripped = stripped.str.replace(
+                self._special_pattern, "X" if "X" in self.alphabet else "A", regex=True
+            )
+        lengths = stripped.str.len().to_numpy()
+        if (lengths == 0).any():
+            row = int(np.flatnonzero(lengths == 0)[0])
+            raise ValueError(f"{where}: row {row} is an empty sequence ({values[row]!r}); expected residues")
+        seen = set().union(*map(set, stripped.unique()))
+        unknown = seen - self.alphabet
+        if unknown:
+            char = sorted(unknown)[0]
+            row = int(np.flatnonzero(stripped.str.contains(re.escape(char), regex=True).to_numpy())[0])
+            raise ValueError(
+                f"{where}: row {row} has unknown residue {char!r} at position {stripped.iloc[row].index(char)} "
+                f"(sequence starts {values[row][:30]!r}); allowed residues: {''.join(sorted(self.alphabet))}"
+            )
+        too_long = lengths + self.num_special > self.max_length
+        if too_long.any():
+            row = int(np.flatnonzero(too_long)[0])
+            if not self.truncation:
+                raise ValueError(
+                    f"{where}: row {row} has {lengths[row]} residues (+{self.num_special} special tokens), longer "
+                    f"than the root's max_length {self.max_length}; shorten it or set truncation: true"
+                )
+            logger.warning("%s: truncating %d rows to %d tokens", where, int(too_long.sum()), self.max_length)
+
+    def _spaced(self, sequence: str) -> str:
+        """ "MK<mask>A" -> "M K <mask> A": residues apart, special tokens kept whole."""
+        if self._special_pattern is None:
+            return " ".join("".join(sequence.split()))
+        parts = re.split(f"({self._special_pattern.pattern})", sequence)
+        return " ".join(
+            p if i % 2 else " ".join("".join(p.split())) for i, p in enumerate(parts) if p.strip()
+        )
+
+    def encode(self, sequences: Sequence[str], *, where: str = "batch") -> list[list[int]]:
+        """Token id lists (special tokens included); raises ValueError on unknown tokens or excess length."""
+        texts = [self._spaced(s) for s in sequences] if self.separate_residues else list(sequences)
+        ids = self.tokenizer(
+            texts, add_special_tokens=True, truncation=self.truncation, max_length=self.max_length
+        )["input_ids"]
+        for row, row_ids in enumerate(ids):
+            if len(row_ids) > self.max_length:
+                raise ValueError(
+                    f"{where}: row {row} has {len(row_ids)} tokens, more than max_length {self.max_length}; "
+                    "shorten it or set truncation: true"
+                )
+            if len(row_ids) <= self.num_special:
+                raise ValueError(f"{where}: row {row} is an empty sequence; expected residues")
+            if self.unk_token_id is not None and self.unk_token_id in row_ids:
+                raise ValueError(
+                    f"{where}: row {row} ({sequences[row][:30]!r}...) has a residue the tokenizer does not know "
+                    f"(position {row_ids.index(self.unk_token_id) - (self.num_special > 0)})"
+                )
+        return ids
+
+
+class TreeCollator:
+    """Turns a list of rows (mappings column -> value) into a `TreeBatch`; runs in DataLoader workers.
+
+    Args:
+        encoders: root name -> `RootEncoder` (its tokenizer, max_length, truncation).
+        tasks: the tasks whose roots and labels the batch carries; each task's `inputs` maps root -> column.
+        pad_to_multiple_of: pad each batch to a multiple of this (8 suits tensor cores); None = longest.
+        length_buckets: optional sorted lengths to pad to instead (fewer distinct shapes for compilation).
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, RootEncoder],
+        tasks: Sequence[Any],
+        *,
+        pad_to_multiple_of: int | None = 8,
+        length_buckets: Sequence[int] | None = None,
+    ) -> None:
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of}; expected a positive integer or None")
+        self.root_columns: dict[str, str] = {}
+        for task in tasks:
+            for root, column in task.inputs.items():
+                if root not in encoders:
+                    raise ValueError(
+                        f"task {task.name!r} feeds root {root!r}, which has no tokenizer; roots: {sorted(encoders)}"
+                    )
+                if self.root_columns.setdefault(root, column) != column:
+                    raise ValueError(
+                        f"root {root!r} is fed column {self.root_columns[root]!r} and {column!r} by different "
+                        "tasks of one loader; expected one column per root"
+                    )
+        self.encoders = {root: encoders[root] for root in self.root_columns}
+        self.tasks = list(tasks)
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.length_buckets = sorted(length_buckets) if length_buckets else None
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> TreeBatch:
+        root_inputs = {}
+        for root, column in self.root_columns.items():
+            encoder = self.encoders[root]
+            ids = encoder.encode([row[column] for row in rows], where=f"root {root!r} column {column!r}")
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            width = padded_length(
+                int(lengths.max()),
+                pad_to_multiple_of=self.pad_to_multiple_of,
+                length_buckets=self.length_buckets,
+                max_length=encoder.max_length,
+            )
+            input_ids = np.full((len(ids), width), encoder.tokenizer.pad_token_id, dtype=np.int64)
+            for i, row_ids in enumerate(ids):
+                input_ids[i, : len(row_ids)] = row_ids
+            attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # (B, L)
+            root_inputs[root] = {
+                "input_ids": torch.from_numpy(input_ids),
+                "attention_mask": torch.from_numpy(attention_mask),
+            }
+        labels = {}
+        for task in self.tasks:
+            task_labels = task.collate_labels(rows)
+            if task_labels is not None:
+                labels[task.name] = task_labels
+        return TreeBatch(root_inputs, labels)

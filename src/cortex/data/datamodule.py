@@ -1,0 +1,260 @@
+"""`TreeDataModule`: one DataLoader per task, combined for multi-task training (spec 6.2).
+
+Rows are checked once in `setup` (columns, labels, residues, lengths), then turned into tensors by
+`TreeCollator` inside the DataLoader workers. Tokenizers and each root's `max_length` come from the model
+(an instance, its config, or a `save_pretrained` directory), so a task never needs a hand-built tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import pandas as pd
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
+
+from cortex.data.collate import RootEncoder, TreeCollator
+from cortex.data.samplers import EpochShuffleSampler, MinorityUpsampler, group_indices
+from cortex.data.tables import SPLITS, TableData, require_columns
+from cortex.data.tokenization import ProteinTokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+COMBINE_MODES: tuple[str, ...] = ("min_size", "max_size_cycle", "max_size", "sequential")
+
+
+class RowDataset(Dataset):
+    """Rows of a DataFrame restricted to `columns`, as mappings column -> Python value."""
+
+    def __init__(self, frame: pd.DataFrame, columns: Sequence[str]) -> None:
+        self.columns = {column: frame[column].tolist() for column in dict.fromkeys(columns)}
+        self.num_rows = len(frame)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {column: values[index] for column, values in self.columns.items()}
+
+
+def tokenizers_from_model(model: Any) -> tuple[dict[str, PreTrainedTokenizerBase], dict[str, int | None]]:
+    """(tokenizer per root, max_length per root) from a model directory written by `save_pretrained`
+    (config.json + tokenizer/<root>/), a model instance (`.tokenizers`, `.config`), or a `NeuralTreeConfig`
+    whose roots use the built-in "protein" tokenizer."""
+    if isinstance(model, str | os.PathLike):
+        from cortex.model import NeuralTreeConfig
+
+        config = NeuralTreeConfig.from_pretrained(os.fspath(model))
+        tokenizers = {root: load_tokenizer(os.path.join(model, "tokenizer", root)) for root in config.roots}
+    elif hasattr(model, "tokenizers"):
+        config, tokenizers = model.config, dict(model.tokenizers)
+    else:
+        config, tokenizers = model, {}
+        for root, root_config in config.root_configs.items():
+            name = getattr(root_config, "tokenizer", None)
+            if name != "protein":
+                raise ValueError(
+                    f"root {root!r} uses tokenizer {name!r}, which a bare config cannot build; pass the model, "
+                    "its save_pretrained directory, or tokenizers={root: tokenizer}"
+                )
+            tokenizers[root] = ProteinTokenizer()
+    max_lengths = {root: getattr(rc, "max_length", None) for root, rc in config.root_configs.items()}
+    return tokenizers, max_lengths
+
+
+class TreeDataModule(L.LightningDataModule):
+    """Loaders for a set of tasks.
+
+    Args:
+        tasks: the tasks (a list, or a mapping name -> task as Hydra builds it).
+        model: where tokenizers and root max lengths come from (model instance, config, or directory).
+        tokenizers: root -> tokenizer, instead of `model`; `max_lengths` then defaults to the tokenizers'.
+        data: task name -> `TableData` (or a mapping split -> source), overriding the task's own `data`.
+        batch_size / eval_batch_size: rows per batch in training / evaluation (eval defaults to batch_size).
+        num_workers: DataLoader worker processes that tokenize; batches are identical for every value.
+        seed: seed of every sampler (task i uses seed + i); epochs are selected with set_epoch.
+        mode: how the per-task train loaders combine: "min_size" (the original: stop with the shortest),
+            "max_size_cycle" (cycle shorter ones until the longest ends), "max_size" or "sequential".
+        eval_mode: the same for validation/test loaders (default "sequential": every row once).
+        pad_to_multiple_of / length_buckets: padding of each batch (see `TreeCollator`).
+        max_lengths: root -> longest sequence in tokens, overriding the model's.
+        truncation: False: a too-long sequence is an error; True: it is truncated (and logged).
+        rank / world_size: distributed shard; taken from the attached Trainer when there is one. Use
+            `Trainer(use_distributed_sampler=False)`: the samplers shard themselves.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Any] | Mapping[str, Any],
+        *,
+        model: Any = None,
+        tokenizers: Mapping[str, PreTrainedTokenizerBase] | None = None,
+        data: Mapping[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        mode: str = "min_size",
+        eval_mode: str = "sequential",
+        pad_to_multiple_of: int | None = 8,
+        length_buckets: Sequence[int] | None = None,
+        max_lengths: Mapping[str, int] | None = None,
+        truncation: bool = False,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.tasks = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+        if not self.tasks:
+            raise ValueError("TreeDataModule needs at least one task; got none")
+        names = [task.name for task in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"TreeDataModule: task names must be unique; got {names}")
+        for which, value in (("mode", mode), ("eval_mode", eval_mode)):
+            if value not in COMBINE_MODES:
+                raise ValueError(f"TreeDataModule: {which}={value!r}; expected one of {COMBINE_MODES}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(
+                f"TreeDataModule: batch sizes must be positive; got {batch_size}, {eval_batch_size}"
+            )
+        if (model is None) == (tokenizers is None):
+            raise ValueError("TreeDataModule: pass exactly one of model= (or its directory) and tokenizers=")
+        if model is not None:
+            tokenizers, model_max_lengths = tokenizers_from_model(model)
+        else:
+            model_max_lengths = {}
+        lengths = {**model_max_lengths, **(max_lengths or {})}
+        self.encoders = {
+            root: RootEncoder(tokenizer, max_length=lengths.get(root), truncation=truncation)
+            for root, tokenizer in tokenizers.items()
+        }
+        data = dict(data or {})
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ValueError(
+                f"TreeDataModule: data given for unknown tasks {sorted(unknown)}; tasks: {names}"
+            )
+        self.data = {}
+        for task in self.tasks:
+            source = data.get(task.name, task.data)
+            if source is None:
+                raise ValueError(
+                    f"task {task.name!r} has no data; set its `data` or pass data={{{task.name!r}: ...}}"
+                )
+            self.data[task.name] = source if isinstance(source, TableData) else TableData(source)
+        self.collators = {
+            task.name: TreeCollator(
+                self.encoders, [task], pad_to_multiple_of=pad_to_multiple_of, length_buckets=length_buckets
+            )
+            for task in self.tasks
+        }
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.mode = mode
+        self.eval_mode = eval_mode
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+        self.rank = rank
+        self.world_size = world_size
+        self.frames: dict[str, dict[str, pd.DataFrame]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads, splits and checks every task's rows (once)."""
+        if self.frames:
+            return
+        for task in self.tasks:
+            frames = self.data[task.name].load()
+            checked = {}
+            for split in SPLITS:
+                frame = task.prepare(frames[split], split=split)
+                for root, column in task.inputs.items():
+                    self.encoders[root].check_sequences(
+                        frame[column], where=f"task {task.name!r} split {split!r} column {column!r}"
+                    )
+                checked[split] = frame
+            if len(checked["train"]) == 0:
+                raise ValueError(f"task {task.name!r} has no training rows; expected at least one")
+            balance_by = self.data[task.name].balance_by
+            if balance_by is not None:
+                require_columns(
+                    checked["train"],
+                    [balance_by] if isinstance(balance_by, str) else list(balance_by),
+                    where=f"task {task.name!r} balance_by",
+                )
+            checked_sizes = {split: len(frame) for split, frame in checked.items()}
+            logger.info("task %r rows per split: %s", task.name, checked_sizes)
+            self.frames[task.name] = checked
+
+    def _distributed(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return self.rank, self.world_size
+
+    def _columns(self, task: Any) -> list[str]:
+        return [*task.inputs.values(), *task.label_columns]
+
+    def train_sampler(self, task_index: int) -> MinorityUpsampler | EpochShuffleSampler:
+        """The train sampler of task `task_index`: round-robin minority upsampling over its `balance_by`
+        groups, else a seeded per-epoch shuffle."""
+        task = self.tasks[task_index]
+        frame = self.frames[task.name]["train"]
+        rank, world_size = self._distributed()
+        seed = self.seed + task_index
+        balance_by = self.data[task.name].balance_by
+        if balance_by is None:
+            return EpochShuffleSampler(len(frame), seed=seed, rank=rank, world_size=world_size)
+        keys = (
+            frame[balance_by]
+            if isinstance(balance_by, str)
+            else frame[list(balance_by)].itertuples(index=False)
+        )
+        groups = group_indices(tuple(k) if not isinstance(balance_by, str) else k for k in keys)
+        return MinorityUpsampler(groups, seed=seed, rank=rank, world_size=world_size)
+
+    def task_dataloader(self, task_name: str, split: str) -> DataLoader:
+        """The DataLoader of one task and split (train: sampled and balanced; others: in order, sharded)."""
+        self.setup()
+        index = [task.name for task in self.tasks].index(task_name)
+        task = self.tasks[index]
+        frame = self.frames[task_name][split]
+        if split == "train":
+            sampler, batch_size, drop_last = self.train_sampler(index), self.batch_size, self.drop_last
+        else:
+            rank, world_size = self._distributed()
+            sampler = EpochShuffleSampler(len(frame), shuffle=False, rank=rank, world_size=world_size)
+            batch_size, drop_last = self.eval_batch_size, False
+        return DataLoader(
+            RowDataset(frame, self._columns(task)),
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.collators[task_name],
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=drop_last,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _combined(self, split: str, mode: str) -> CombinedLoader:
+        loaders = {task.name: self.task_dataloader(task.name, split) for task in self.tasks}
+        loaders = {name: loader for name, loader in loaders.items() if len(loader.dataset) > 0}
+        return CombinedLoader(loaders, mode=mode)
+
+    def train_dataloader(self) -> CombinedLoader:
+        """Yields {task name: TreeBatch} per step (in "sequential" mode, one task's batch at a time)."""
+        return self._combined("train", self.mode)
+
+    def val_dataloader(self) -> CombinedLoader:
+        return self._combined("validation", self.eval_mode)
+
+    def test_dataloader(self) -> CombinedLoader:
+        return self._combined("test", self.eval_mode)
