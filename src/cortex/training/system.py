@@ -1,0 +1,341 @@
+"""`NeuralTreeSystem`: the LightningModule that trains a `NeuralTreeModel` on several tasks.
+
+It holds the model (composition: the model never sees tasks, data or the trainer), the tasks (loss and
+labels) and one corruption process per corrupted root. Discriminative input corruption (spec 5.6, A10):
+during training every task's inputs are corrupted with a per-example noise level drawn from the root's
+timestep distribution, and tasks with `label_smoothing: noise_level` smooth their labels by that level; at
+evaluation the noise level is 0 for property tasks and 0.5 for masked language models.
+
+Optimisation strategies:
+  "joint" (default): one backward pass on sum_k weight_k * loss_k per batch, automatic optimisation, so
+      Lightning's gradient clipping, accumulation, mixed precision and DDP apply unchanged.
+  "per_task": the original's (spec 6.3, A8): for each task in order, zero_grad, backward of that task's loss,
+      clip, optimizer step; one shared optimizer. The LR scheduler advances once per batch.
+
+Randomness: before every training batch the global torch RNG is reseeded from (seed, batch index, rank), so
+corruption and dropout draws are a function of the position in training and a resumed run repeats the
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from cortex.training.metrics import METRICS
+from cortex.training.schedules import INTERVALS, warmup_cosine_scheduler
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+STRATEGIES = ("joint", "per_task")
+# Noise level of each leaf type's inputs at evaluation (spec 5.6: property tasks clean, LM tasks 0.5).
+EVAL_NOISE_LEVELS: dict[str, float] = {"regressor": 0.0, "classifier": 0.0, "mlm": 0.5, "causal_lm": 0.0}
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer and LR schedule. name: "adam" | "adamw"; lr > 0; betas in [0, 1); weight_decay >= 0.
+    warmup_steps: int >= 0 (in `interval` units) or a fraction in (0, 1) of the total; interval: "step" (per
+    optimizer step) or "epoch" (the original's schedule, spec A7); schedule: "cosine" or "constant"."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: float = 0.05
+    interval: str = "step"
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        where = "optim"
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"{where}.name={self.name!r}; expected one of {sorted(OPTIMIZERS)}")
+        if not self.lr > 0:
+            raise ValueError(f"{where}.lr={self.lr}; expected a learning rate > 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"{where}.betas={list(self.betas)}; expected two values in [0, 1)")
+        if not self.eps > 0:
+            raise ValueError(f"{where}.eps={self.eps}; expected > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"{where}.weight_decay={self.weight_decay}; expected >= 0")
+        if self.warmup_steps < 0:
+            raise ValueError(
+                f"{where}.warmup_steps={self.warmup_steps}; expected >= 0 (steps, or a fraction < 1)"
+            )
+        if self.interval not in INTERVALS:
+            raise ValueError(f"{where}.interval={self.interval!r}; expected one of {INTERVALS}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"{where}.schedule={self.schedule!r}; expected 'cosine' or 'constant'")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+
+def _update_regression(metric, task, outputs, batch) -> None:
+    output = outputs.leaf_outputs[task.leaf]
+    metric.update(output.loc, output.scale, batch.labels[task.name])
+
+
+def _update_classification(metric, task, outputs, batch) -> None:
+    metric.update(outputs.leaf_outputs[task.leaf].logits, batch.labels[task.name])
+
+
+def _update_mlm(metric, task, outputs, batch) -> None:
+    root_output = outputs.root_outputs[task.root]
+    metric.update(outputs.leaf_outputs[task.leaf].logits, root_output.clean_ids, root_output.is_corrupted)
+
+
+def _update_causal_lm(metric, task, outputs, batch) -> None:
+    inputs = batch.root_inputs[task.root]
+    logits = outputs.leaf_outputs[task.leaf].logits[:, :, :-1]  # (E, B, L-1, V): position l predicts l + 1
+    metric.update(logits, inputs["input_ids"][:, 1:], inputs["attention_mask"][:, 1:])
+
+
+METRIC_UPDATES: dict[str, Callable[..., None]] = {
+    "regressor": _update_regression,
+    "classifier": _update_classification,
+    "mlm": _update_mlm,
+    "causal_lm": _update_causal_lm,
+}
+
+
+class NeuralTreeSystem(pl.LightningModule):
+    """Trains `model` on `tasks`.
+
+    Args:
+        model: a `NeuralTreeModel`.
+        tasks: the tasks (cortex.tasks), each naming a leaf of `model` and its input roots.
+        corruption: root name -> corruption process (cortex.corruption), attached to the model's root.
+        optim: `OptimizerConfig` or a mapping of its fields.
+        strategy: "joint" or "per_task" (see the module docstring).
+        task_weights: task name -> weight of its loss in the joint sum (default 1 each).
+        gradient_clip_val: per_task strategy only (Lightning clips joint runs via Trainer(gradient_clip_val)).
+        seed: base of the per-batch reseeding.
+        compile: compile the model in place (`model.compile()`), so state-dict keys never gain `_orig_mod.`.
+
+    Batches: a mapping task name -> `TreeBatch` (a CombinedLoader of one loader per task); a task missing
+    from a validation batch (exhausted loader) is skipped.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[Any],
+        corruption: Mapping[str, nn.Module] | None = None,
+        optim: OptimizerConfig | Mapping[str, Any] | None = None,
+        strategy: str = "joint",
+        task_weights: Mapping[str, float] | None = None,
+        gradient_clip_val: float | None = None,
+        seed: int = 0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r}; expected one of {STRATEGIES}")
+        self.model = model
+        self.tasks = list(tasks)
+        self.optim = optim if isinstance(optim, OptimizerConfig) else OptimizerConfig(**dict(optim or {}))
+        self.strategy = strategy
+        self.automatic_optimization = strategy == "joint"
+        self.gradient_clip_val = gradient_clip_val
+        self.seed = int(seed)
+        self.compile_model = compile
+        leaf_types = {name: node["type"] for name, node in model.config.leaves.items()}
+        roots = list(model.config.roots)
+        names = [task.name for task in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names {names} repeat; expected unique names")
+        if not self.tasks:
+            raise ValueError("tasks is empty; expected at least one task")
+        for task in self.tasks:
+            if task.leaf not in leaf_types:
+                raise ValueError(
+                    f"task {task.name!r} trains leaf {task.leaf!r}; the model's leaves are {sorted(leaf_types)}"
+                )
+            for root in task.inputs:
+                if root not in roots:
+                    raise ValueError(f"task {task.name!r} feeds root {root!r}; the model's roots are {roots}")
+        weights = dict(task_weights or {})
+        for name, weight in weights.items():
+            if name not in names:
+                raise ValueError(f"task_weights names task {name!r}; expected one of {names}")
+            if not weight >= 0:
+                raise ValueError(f"task_weights.{name}={weight}; expected a weight >= 0")
+        self.task_weights = {name: float(weights.get(name, 1.0)) for name in names}
+        self.corruption = nn.ModuleDict(dict(corruption or {}))
+        for root in self.corruption:
+            if root not in roots:
+                raise ValueError(f"corruption is given for root {root!r}; the model's roots are {roots}")
+        if len(self.corruption):
+            model.attach_corruption(dict(self.corruption))
+        self._leaf_types = {task.name: leaf_types[task.leaf] for task in self.tasks}
+        self._eval_noise = {name: EVAL_NOISE_LEVELS[kind] for name, kind in self._leaf_types.items()}
+        self._metric_updates = {name: METRIC_UPDATES[kind] for name, kind in self._leaf_types.items()}
+        self.val_metrics = nn.ModuleDict({name: METRICS[kind]() for name, kind in self._leaf_types.items()})
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+
+    def root_inputs(self, batch: Any, noise_level: float | None) -> dict[str, dict[str, torch.Tensor]]:
+        """The model's root inputs for a `TreeBatch`: with noise_level None every corrupted root gets a
+        per-example (B,) level sampled from its process (training); otherwise that fixed level."""
+        inputs = {}
+        for root, root_batch in batch.root_inputs.items():
+            root_input = dict(root_batch)
+            if root in self.corruption:
+                size = root_batch["input_ids"].shape[0]
+                if noise_level is None:
+                    level = self.corruption[root].sample_noise_level(size, device=self.device)
+                else:
+                    level = torch.full((size,), noise_level, dtype=torch.float64, device=self.device)
+                root_input["noise_level"] = level
+            inputs[root] = root_input
+        return inputs
+
+    def leaf(self, task: Any) -> nn.Module:
+        return self.model.leaves[task.leaf]
+
+    def task_loss(self, task: Any, batch: Any) -> torch.Tensor:
+        """Training loss of one task on its `TreeBatch`, with freshly corrupted inputs."""
+        outputs = self.model(self.root_inputs(batch, None), leaves=[task.leaf])
+        return task.loss(self.leaf(task), outputs, batch)
+
+    # ---- training -----------------------------------------------------------------------------------------
+
+    def _batch_seed(self) -> int:
+        index = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        return (self.seed * 1_000_003 + index) * 1_009 + self.global_rank
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(self._batch_seed() % (2**63))
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.automatic_optimization:
+            return self._joint_step(batch)
+        return self._per_task_step(batch)
+
+    def _log_losses(self, losses: dict[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
+        for name, loss in losses.items():
+            self.log(
+                f"{name}/train_loss",
+                loss.detach(),
+                prog_bar=True,
+                sync_dist=True,
+                batch_size=batch[name].batch_size,
+            )
+
+    def _joint_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        losses = {task.name: self.task_loss(task, batch[task.name]) for task in self.tasks}
+        total = torch.stack([self.task_weights[name] * loss.float() for name, loss in losses.items()]).sum()
+        self._log_losses(losses, batch)
+        self.log(
+            "train_loss", total.detach(), sync_dist=True, batch_size=batch[self.tasks[0].name].batch_size
+        )
+        return total
+
+    def _per_task_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        optimizer = self.optimizers()
+        losses = {}
+        for task in self.tasks:
+            loss = self.task_weights[task.name] * self.task_loss(task, batch[task.name])
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if self.gradient_clip_val is not None:
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
+                )
+            optimizer.step()
+            losses[task.name] = loss.detach()
+        scheduler = self.lr_schedulers()
+        if self.optim.interval == "step" or self.trainer.is_last_batch:
+            scheduler.step()
+        self._log_losses(losses, batch)
+        return torch.stack(list(losses.values())).sum()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS[self.optim.name](
+            params,
+            lr=self.optim.lr,
+            betas=self.optim.betas,
+            eps=self.optim.eps,
+            weight_decay=self.optim.weight_decay,
+        )
+        if self.optim.interval == "step":
+            total = int(self.trainer.estimated_stepping_batches)
+        else:
+            total = int(self.trainer.max_epochs)
+        if total < 1:
+            raise ValueError(f"training would take {total} {self.optim.interval}s; expected at least one")
+        warmup = self.optim.warmup_steps
+        warmup = round(warmup * total) if warmup < 1 else int(warmup)
+        if self.optim.schedule == "cosine":
+            scheduler = warmup_cosine_scheduler(optimizer, min(warmup, total), total)
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.optim.interval},
+        }
+
+    def setup(self, stage: str) -> None:
+        """Fits task state on the training split (target standardisation, written into leaf buffers) from the
+        attached data module's `frames`, then compiles the model if asked. A resumed run then loads the
+        checkpoint's buffers over the (identically) fitted ones."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None:
+            datamodule.setup("fit")
+            self.fit_tasks({name: frames["train"] for name, frames in datamodule.frames.items()})
+        if self.compile_model:
+            self.model.compile()
+
+    def fit_tasks(self, train_frames: Mapping[str, Any]) -> None:
+        """Calls `task.fit(leaf, train_frame)` for every task (regression: target standardisation)."""
+        for task in self.tasks:
+            if task.name not in train_frames:
+                raise ValueError(f"no training rows for task {task.name!r}; got {sorted(train_frames)}")
+            task.fit(self.leaf(task), train_frames[task.name])
+
+    # ---- validation ---------------------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        # Names of the validation loaders in order: in "sequential" mode dataloader_idx indexes them.
+        loaders = self.trainer.val_dataloaders
+        self._val_names = list(loaders) if isinstance(loaders, Mapping) else [self.tasks[0].name]
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # "sequential" eval mode yields one task's TreeBatch at a time; the other modes a dict per step.
+        batches = batch if isinstance(batch, Mapping) else {self._val_names[dataloader_idx]: batch}
+        for task in self.tasks:
+            task_batch = batches.get(task.name)
+            if task_batch is None:
+                continue
+            outputs = self.model(
+                self.root_inputs(task_batch, self._eval_noise[task.name]), leaves=[task.leaf]
+            )
+            loss = task.loss(self.leaf(task), outputs, task_batch)
+            self.log(
+                f"{task.name}/val_loss",
+                loss,
+                sync_dist=True,
+                batch_size=task_batch.batch_size,
+                add_dataloader_idx=False,
+            )
+            self._metric_updates[task.name](self.val_metrics[task.name], task, outputs, task_batch)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self.val_metrics.items():
+            if metric.update_count == 0:
+                continue
+            values = metric.compute()
+            self.log_dict(
+                {f"{name}/val_{key}": value.float() for key, value in values.items()},
+                sync_dist=True,
+                add_dataloader_idx=False,
+            )
+            metric.reset()
