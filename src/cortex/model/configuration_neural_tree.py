@@ -327,9 +327,8 @@ class NeuralTreeConfig(PretrainedConfig):
             if isinstance(root, TransformerRootConfig):
                 self._check_attention(where, root.block, root.num_heads, (root.embed_dim, root.channel_dim))
         trunk = self.trunk_config
-        if not trunk.roots:
-            if self.root_configs:
-                raise ValueError(f"trunk lists no roots; expected some of {list(self.root_configs)}")
+        if not trunk.roots and self.root_configs:
+            raise ValueError(f"trunk lists no roots; expected some of {list(self.root_configs)}")
         for root_name in trunk.roots:
             if root_name not in self.root_configs:
                 raise ValueError(
