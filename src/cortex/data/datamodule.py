@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from cortex.data.collate import RootEncoder, TreeCollator
 from cortex.data.samplers import EpochShuffleSampler, MinorityUpsampler, group_indices
 from cortex.data.tables import SPLITS, TableData, require_columns
-from cortex.data.tokenization import ProteinTokenizer, load_tokenizer
+from cortex.data.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -44,26 +44,27 @@ class RowDataset(Dataset):
 
 def tokenizers_from_model(model: Any) -> tuple[dict[str, PreTrainedTokenizerBase], dict[str, int | None]]:
     """(tokenizer per root, max_length per root) from a model directory written by `save_pretrained`
-    (config.json + tokenizer/<root>/), a model instance (`.tokenizers`, `.config`), or a `NeuralTreeConfig`
-    whose roots use the built-in "protein" tokenizer."""
-    if isinstance(model, str | os.PathLike):
-        from cortex.model import NeuralTreeConfig
+    (config.json + tokenizer/<root>/), a `NeuralTreeModel` (its `tokenizers`), or a `NeuralTreeConfig` (the
+    tokenizers its roots name, built as the model would)."""
+    from cortex.model.configuration_neural_tree import NeuralTreeConfig
+    from cortex.model.modeling_neural_tree import TOKENIZER_DIR, build_tokenizer
 
+    if isinstance(model, str | os.PathLike):
         config = NeuralTreeConfig.from_pretrained(os.fspath(model))
-        tokenizers = {root: load_tokenizer(os.path.join(model, "tokenizer", root)) for root in config.roots}
-    elif hasattr(model, "tokenizers"):
-        config, tokenizers = model.config, dict(model.tokenizers)
+        tokenizers = {
+            root: load_tokenizer(os.path.join(model, TOKENIZER_DIR, root)) for root in config.root_configs
+        }
+    elif isinstance(model, NeuralTreeConfig):
+        config = model
+        tokenizers = {root: build_tokenizer(rc) for root, rc in config.root_configs.items()}
     else:
-        config, tokenizers = model, {}
-        for root, root_config in config.root_configs.items():
-            name = getattr(root_config, "tokenizer", None)
-            if name != "protein":
-                raise ValueError(
-                    f"root {root!r} uses tokenizer {name!r}, which a bare config cannot build; pass the model, "
-                    "its save_pretrained directory, or tokenizers={root: tokenizer}"
-                )
-            tokenizers[root] = ProteinTokenizer()
-    max_lengths = {root: getattr(rc, "max_length", None) for root, rc in config.root_configs.items()}
+        config, tokenizers = model.config, dict(model.tokenizers)
+    for root, tokenizer in tokenizers.items():
+        if tokenizer is None:
+            raise ValueError(
+                f"root {root!r} has no tokenizer in the model; pass tokenizers={{{root!r}: ...}} to the data module"
+            )
+    max_lengths = {root: rc.max_length for root, rc in config.root_configs.items()}
     return tokenizers, max_lengths
 
 

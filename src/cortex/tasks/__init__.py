@@ -2,7 +2,7 @@
 
 from cortex.tasks.classification import ClassificationTask, classification_metrics
 from cortex.tasks.language_model import CausalLMTask, MLMTask
-from cortex.tasks.regression import RegressionTask, regression_metrics, standardization_stats
+from cortex.tasks.regression import RegressionTask, regression_metrics
 from cortex.tasks.task import Task
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
     "Task",
     "classification_metrics",
     "regression_metrics",
-    "standardization_stats",
 ]

@@ -6,7 +6,6 @@ Target standardisation is fitted on the training split only and stored in the le
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,22 +15,6 @@ import torch
 from scipy.stats import spearmanr
 
 from cortex.tasks.task import Task
-
-
-def standardization_stats(labels: np.ndarray, *, min_std: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
-    """Per-target (mean, std) of (N, T) labels over the labelled (non-NaN) entries; std unbiased (N - 1) as
-    the original's DDPStandardize, and 1.0 where it is below `min_std` or undefined (fewer than 2 labels)."""
-    counts = np.sum(~np.isnan(labels), axis=0)
-    if (counts == 0).any():
-        raise ValueError(
-            f"cannot standardise: target columns {np.flatnonzero(counts == 0).tolist()} have no labels"
-        )
-    mean = np.nanmean(labels, axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # columns with a single label: std undefined
-        std = np.nanstd(labels, axis=0, ddof=1)
-    std = np.where((counts > 1) & (std >= min_std), std, 1.0)
-    return mean, std
 
 
 class RegressionTask(Task):
@@ -96,8 +79,13 @@ class RegressionTask(Task):
 
     def fit(self, leaf: torch.nn.Module, train: pd.DataFrame) -> None:
         """Standardisation fitted on the training split only, written into the leaf's buffers."""
-        mean, std = standardization_stats(train[list(self.label_columns)].to_numpy(dtype=np.float64))
-        leaf.set_standardization(torch.as_tensor(mean), torch.as_tensor(std))
+        if len(train) == 0:
+            raise ValueError(
+                f"task {self.name!r}: cannot fit target standardisation on an empty training split"
+            )
+        leaf.fit_target_standardization(
+            torch.tensor(train[list(self.label_columns)].to_numpy(dtype=np.float32))
+        )
 
     def _label_smoothing(self, outputs: Any) -> float | torch.Tensor:
         if self.smooth_by_noise_level:
