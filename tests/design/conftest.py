@@ -43,7 +43,7 @@ def build_tiny_model(seed: int = 0) -> NeuralTreeModel:
     return NeuralTreeModel(config)
 
 
-def train_tiny_model(num_steps: int = 60, seed: int = 0) -> NeuralTreeModel:
+def train_tiny_model(num_steps: int = 40, seed: int = 0) -> NeuralTreeModel:
     model = build_tiny_model(seed)
     sequences, targets = rbd_windows()
     encoded = model.tokenize(sequences)
@@ -77,4 +77,4 @@ def tiny_model() -> NeuralTreeModel:
 @pytest.fixture(scope="session")
 def rbd_seeds() -> list[str]:
     sequences, _ = rbd_windows()
-    return sequences[:6]
+    return sequences[:4]
