@@ -82,3 +82,17 @@ def test_collator_rejects_unknown_roots():
     task = RegressionTask("t", "leaf", {"missing_root": "seq"}, ["y"])
     with pytest.raises(ValueError, match=r"root 'missing_root'.*roots: \['protein'\]"):
         TreeCollator({"protein": RootEncoder(ProteinTokenizer())}, [task])
+
+
+def test_fast_character_path_equals_the_tokenizer(gfp_rows):
+    tokenizer = ProteinTokenizer()
+    encoder = RootEncoder(tokenizer, max_length=256)
+    assert encoder.byte_to_id is not None
+    sequences = gfp_rows.sequence[~gfp_rows.sequence.str.contains("*", regex=False)].head(64).tolist()
+    assert encoder.encode(sequences) == tokenizer(sequences)["input_ids"]
+    # Inline special tokens and whitespace take the tokenizer's own path, with the same ids.
+    assert encoder.encode(["MK<mask>A", "M K"]) == tokenizer(["MK<mask>A", "M K"])["input_ids"]
+    with pytest.raises(ValueError, match=r"row 1 .*does not know \('J' at position 1\)"):
+        encoder.encode(["MKT", "MJ"])
+    with pytest.raises(ValueError, match="row 0 has 300 tokens, more than max_length 256"):
+        encoder.encode(["A" * 300])
