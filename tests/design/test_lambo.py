@@ -155,3 +155,19 @@ def test_bad_wiring_is_named(tiny_model, rbd_seeds):
         sampler.init_state(["ACDJ"])
     with pytest.raises(ValueError, match="expected a non-empty list"):
         sampler.init_state("ACDE")
+
+
+def test_acquisition_objective_binds_leaves(tiny_model, rbd_seeds):
+    from cortex.design.tree_objectives import AcquisitionObjective
+
+    objective = AcquisitionObjective(["bind"])
+    with pytest.raises(ValueError, match="not fitted"):
+        objective({})
+    sampler = LaMBO2(tiny_model, objective, config=LaMBO2Config(max_guidance_updates=1, kl_weight=0.0))
+    state = sampler.init_state(rbd_seeds)
+    # Noisy log EI of the seeds against their own best prediction: the best seed is at the incumbent.
+    best = objective.values(sampler._forward_ids(state.input_ids, state.attention_mask, ["bind"]))[0]
+    assert state.objective.shape == (len(rbd_seeds),)
+    assert int(state.objective.argmax()) == int(best.mean(0)[:, 0].argmax())
+    state = sampler.step(state).state
+    assert torch.isfinite(state.objective).all()
