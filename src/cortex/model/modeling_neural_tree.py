@@ -328,7 +328,11 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
             }
         kwargs.setdefault("load_pretrained_roots", False)
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(directory, *args, **kwargs)
+        model = super().from_pretrained(directory, *args, **kwargs)
+        for name, root_config in model.config.root_configs.items():
+            if isinstance(root_config, HFRootConfig):
+                model.roots[name].restore_non_persistent_buffers()
+        return model
 
 
 def _residue_vocabulary(tokenizer: PreTrainedTokenizerBase) -> frozenset[str]:

@@ -294,6 +294,19 @@ class HFRoot(Root):
         self.out_dim = model_config.hidden_size
         self._init_pipeline(corruptible_token_mask)
 
+    def restore_non_persistent_buffers(self) -> None:
+        """Rebuilds the wrapped model's non-persistent buffers (e.g. BERT position_ids), which a state dict does not
+        carry and meta-device loading leaves unset; weights are untouched."""
+        persistent = set(self.model.state_dict())
+        fresh = AutoModel.from_config(self.model.config)  # only its buffers are used
+        for name, buffer in fresh.named_buffers():
+            if name not in persistent:
+                module_name, _, buffer_name = name.rpartition(".")
+                owner = self.model.get_submodule(module_name) if module_name else self.model
+                owner.register_buffer(
+                    buffer_name, buffer.to(self.corruptible_token_mask.device), persistent=False
+                )
+
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
