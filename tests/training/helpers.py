@@ -77,5 +77,5 @@ def tiny_setup(num_rows: int = 96, batch_size: int = 16, dropout: float = 0.0):
         RegressionTask("expr", "expr", {"protein": "sequence"}, ["expr_delta_meanF"], data=data),
     ]
     corruption = {"protein": MaskCorruption(ProteinTokenizer().mask_token_id)}
-    datamodule = TreeDataModule(tasks, model=model, batch_size=batch_size, seed=0)
+    datamodule = TreeDataModule(tasks, model=model, batch_size=batch_size, seed=0, eval_batch_size=64)
     return model, tasks, corruption, datamodule

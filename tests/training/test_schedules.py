@@ -35,7 +35,7 @@ def test_epoch_schedule_reproduces_original_appendix_c():
     assert lrs[:10] == pytest.approx([0.1 * (e + 1) for e in range(10)])
     assert lrs[10] == pytest.approx(0.5 * (1 + math.cos(math.pi / 118)))
     assert lrs[127] == 0.0
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
 
 
 @pytest.mark.parametrize(

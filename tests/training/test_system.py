@@ -1,0 +1,153 @@
+"""NeuralTreeSystem end to end on a tiny tree and real RBD rows: EMA, exact resume, per-task strategy."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import tiny_setup
+from safetensors.torch import load_file
+
+from cortex.training import EMA, NeuralTreeSystem, SavePretrained
+
+
+def _trainer(tmp_path, callbacks, max_epochs=2, **kwargs):
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+def test_ema_weights_differ_from_raw_are_used_for_validation_and_saved(tmp_path):
+    model, tasks, corruption, datamodule = tiny_setup()
+    system = NeuralTreeSystem(model, tasks, corruption, optim={"lr": 1e-2})
+    ema = EMA(decay=0.9)
+    seen_in_validation = []
+
+    class Probe(pl.Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):
+            seen_in_validation.append({k: v.clone() for k, v in pl_module.model.state_dict().items()})
+
+    raw_at_end = {}
+
+    class RawAtEnd(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            raw_at_end.update({k: v.clone() for k, v in pl_module.model.state_dict().items()})
+
+    trainer = _trainer(tmp_path, [RawAtEnd(), ema, Probe(), SavePretrained(tmp_path / "model")])
+    trainer.fit(system, datamodule=datamodule)
+    averaged = ema.averaged_state_dict(model)
+    name = (
+        "roots.protein.embed_tokens.weight"
+        if "roots.protein.embed_tokens.weight" in averaged
+        else next(
+            k
+            for k, v in averaged.items()
+            if v.is_floating_point() and v.requires_grad is False and v.dim() == 2
+        )
+    )
+    assert ema.num_updates == trainer.global_step
+    assert not torch.allclose(averaged[name], raw_at_end[name])
+    # The last validation saw the averages as of its epoch, and the saved model holds the final averages.
+    assert not torch.allclose(seen_in_validation[-1][name], raw_at_end[name])
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+    for key, value in saved.items():
+        torch.testing.assert_close(value, averaged[key].cpu())
+    # After fit the in-memory model holds the averages as well.
+    torch.testing.assert_close(model.state_dict()[name], averaged[name])
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillAfter(pl.Callback):
+    """Stops the process's training abruptly (an exception) after `steps` optimizer steps."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.steps:
+            raise Killed(f"killed after {trainer.global_step} steps")
+
+
+def _fit(tmp_path, max_epochs, ckpt_path=None, strategy="joint", dropout=0.1, kill_after=None):
+    torch.manual_seed(0)
+    model, tasks, corruption, datamodule = tiny_setup(dropout=dropout)
+    system = NeuralTreeSystem(
+        model, tasks, corruption, optim={"lr": 1e-2, "warmup_steps": 2}, strategy=strategy, seed=3
+    )
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    ema = EMA(decay=0.8)
+    kill = [KillAfter(kill_after)] if kill_after is not None else []
+    trainer = _trainer(tmp_path, [ema, checkpoint, *kill], max_epochs=max_epochs)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    return system, ema, trainer
+
+
+@pytest.mark.parametrize("strategy", ["joint", "per_task"])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, strategy):
+    full, full_ema, full_trainer = _fit(tmp_path / "full", 3, strategy=strategy)
+    steps_per_epoch = full_trainer.global_step // 3
+    # Killed in epoch 1, after its checkpoint of epoch 0 was written.
+    with pytest.raises(Killed):
+        _fit(tmp_path / "part", 3, strategy=strategy, kill_after=steps_per_epoch + 1)
+    checkpoint = next((tmp_path / "part").glob("epoch=0*.ckpt"))
+    resumed, resumed_ema, second = _fit(tmp_path / "resumed", 3, ckpt_path=str(checkpoint), strategy=strategy)
+    assert second.global_step == full_trainer.global_step
+    full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
+    for key in full_state:
+        torch.testing.assert_close(resumed_state[key], full_state[key], rtol=1e-6, atol=1e-7)
+    assert resumed_ema.num_updates == full_ema.num_updates
+    full_opt, resumed_opt = full.optimizers().optimizer, resumed.optimizers().optimizer
+    assert full_opt.param_groups[0]["lr"] == pytest.approx(resumed_opt.param_groups[0]["lr"])
+
+
+def test_per_task_strategy_takes_one_optimizer_step_per_task(tmp_path):
+    model, tasks, corruption, datamodule = tiny_setup()
+    system = NeuralTreeSystem(model, tasks, corruption, strategy="per_task")
+    trainer = _trainer(tmp_path, [], max_epochs=1)
+    trainer.fit(system, datamodule=datamodule)
+    batches = len(datamodule.train_dataloader())
+    assert trainer.global_step == len(tasks) * batches
+
+
+def test_training_inputs_are_corrupted_and_evaluation_inputs_clean():
+    model, tasks, corruption, datamodule = tiny_setup()
+    system = NeuralTreeSystem(model, tasks, corruption)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.task_dataloader("bind", "train")))
+    torch.manual_seed(0)
+    train_inputs = system.root_inputs(batch, None)["protein"]
+    eval_inputs = system.root_inputs(batch, 0.0)["protein"]
+    assert train_inputs["noise_level"].shape == (batch.batch_size,)
+    assert train_inputs["noise_level"].gt(0).any()
+    assert eval_inputs["noise_level"].eq(0).all()
+    outputs = model(system.root_inputs(batch, None), leaves=["bind"])
+    assert outputs.root_outputs["protein"].is_corrupted.any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"optim": {"lr": -1.0}}, "optim.lr"),
+        ({"strategy": "sideways"}, "strategy"),
+        ({"task_weights": {"nope": 1.0}}, "nope"),
+        ({"corruption": {"dna": None}}, "dna"),
+    ],
+)
+def test_bad_arguments_fail_naming_the_value(kwargs, key):
+    model, tasks, corruption, _ = tiny_setup()
+    arguments = {"corruption": corruption, **kwargs}
+    with pytest.raises(ValueError, match=key):
+        NeuralTreeSystem(model, tasks, **arguments)
