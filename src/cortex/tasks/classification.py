@@ -78,7 +78,7 @@ class ClassificationTask(Task):
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{where}: label column {column!r} row {row} is {raw.iloc[row]!r}; expected {expected}"
+                f"{where}: label column {column!r} row {row} is {raw.tolist()[row]!r}; expected {expected}"
             )
         frame = frame.copy()
         frame[column] = codes.astype(np.int64)
