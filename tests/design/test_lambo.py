@@ -100,7 +100,7 @@ def test_guidance_changes_samples_and_is_seeded(tiny_model, rbd_seeds):
 
 def test_batched_pseudo_log_likelihood_equals_one_forward_per_position(tiny_model, rbd_seeds):
     sampler = make_sampler(tiny_model, pll_batch_size=7)  # chunks that split candidates of one position
-    encoded = tiny_model.tokenize(rbd_seeds[:3] + [rbd_seeds[3][:15]])
+    encoded = tiny_model.tokenize([*rbd_seeds[:3], rbd_seeds[3][:15]])
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
     is_excluded = ~(sampler.corruptible_tokens[ids] & mask.bool())
     batched = sampler.pseudo_log_likelihood(ids, mask, is_excluded)
