@@ -29,13 +29,30 @@ class BranchOutput(ModelOutput):
     attention_mask: torch.Tensor | None = None
 
 
+def _branch_widths(
+    config: Conv1dBranchConfig | TransformerBranchConfig, in_dim: int
+) -> list[tuple[int, int]]:
+    """(in, out) widths of the branch's blocks; none for num_blocks = 0."""
+    if config.num_blocks == 0:
+        return []
+    return block_widths(in_dim, config.channel_dim, config.out_dim, config.num_blocks)
+
+
+def _zero_block_projection(config: Conv1dBranchConfig | TransformerBranchConfig, in_dim: int) -> nn.Module:
+    """num_blocks = 0, as the original (spec 2.6): identity, or a bias-free Linear(in, out) when widths differ."""
+    if config.num_blocks == 0 and in_dim != config.out_dim:
+        return nn.Linear(in_dim, config.out_dim, bias=False)
+    return nn.Identity()
+
+
 class Conv1dBranchMember(nn.Module):
     """Conv1d residual blocks on (B, L, D) features (channel-first inside), then pooling."""
 
     def __init__(self, config: Conv1dBranchConfig, in_dim: int):
         super().__init__()
-        widths = block_widths(in_dim, config.channel_dim, config.out_dim, config.num_blocks)
+        widths = _branch_widths(config, in_dim)
         last = len(widths) - 1
+        self.projection = _zero_block_projection(config, in_dim)
         self.encoder = nn.ModuleList(
             Conv1dResidBlock(
                 w_in,
@@ -51,7 +68,7 @@ class Conv1dBranchMember(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = attention_mask.to(x.dtype)
-        h = x.transpose(1, 2)  # (B, C, L)
+        h = self.projection(x).transpose(1, 2)  # (B, C, L)
         for block in self.encoder:
             h = block(h, mask)
         h = h.transpose(1, 2)
@@ -63,7 +80,8 @@ class TransformerBranchMember(nn.Module):
 
     def __init__(self, config: TransformerBranchConfig, in_dim: int):
         super().__init__()
-        widths = block_widths(in_dim, config.channel_dim, config.out_dim, config.num_blocks)
+        widths = _branch_widths(config, in_dim)
+        self.projection = _zero_block_projection(config, in_dim)
         self.encoder = nn.ModuleList(
             TransformerBlock(
                 w_in,
@@ -84,6 +102,7 @@ class TransformerBranchMember(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.projection(x)
         for block in self.encoder:
             x = block(x, attention_mask)
         return x, self.pooling(x, attention_mask)
