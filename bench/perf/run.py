@@ -1,0 +1,278 @@
+"""Side-by-side performance of the original cortex (pytorch-cortex 0.0.4) and this project (GitHub issue 8).
+
+Each side runs in its own process with its own Python: the original through `v1_driver.py` (its public API,
+its own environment, this project's src/ never on its path), this project through `ours_driver.py`. Same data
+(real GFP rows), same tree shape, same batch, same device, in the same job. Prints one table and writes
+bench/results/perf.json.
+
+    python bench/perf/run.py --original-python /tmp/cortex-v1/bin/python --device cuda
+    python bench/perf/run.py --original-python /tmp/cortex-v1/bin/python --device cpu --tiny
+    python bench/perf/run.py --skip-original --device cpu --tiny     # this project's side only
+
+Workloads: (a) tutorial-3/4 tree (conv1d root; transformer-root variant), regression + MLM leaves, width 128 and
+512, batch 128; (b) transformer root 12 blocks x 768, length 256 (this project only: pytorch-cortex 0.0.4 ships
+no transformer root); (c) one LaMBO-2 step (the original's on CPU: 16 designs of length 237, kl_weight 0.25;
+this project's on CPU at the same size and, on CUDA, at population 128).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEFAULT_ORIGINAL = "/tmp/cortex-v1/bin/python"
+# Environment variables that would let one side see the other's packages.
+LEAKY_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONUSERBASE")
+
+
+def find_original_python(explicit: str | None) -> str | None:
+    """--original-python, else $CORTEX_V1_PYTHON, else /tmp/cortex-v1/bin/python when it exists."""
+    for candidate in (explicit, os.environ.get("CORTEX_V1_PYTHON"), DEFAULT_ORIGINAL):
+        if candidate:
+            if explicit and candidate == explicit and not Path(candidate).exists():
+                raise ValueError(
+                    f"--original-python {candidate!r} does not exist; expected a Python executable"
+                )
+            if Path(candidate).exists():
+                return candidate
+    return None
+
+
+def side_env(pythonpath: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def run_driver(python: str, driver: str, args: list[str], pythonpath: str | None, timeout: float) -> dict:
+    """Runs `driver` (a file in bench/perf/) with `python -s` in a clean environment; returns its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        command = [python, "-s", str(HERE / driver), *args, "--out", out]
+        done = subprocess.run(
+            command, cwd=HERE, env=side_env(pythonpath), capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(
+                f"{driver} failed (exit {done.returncode}): {' '.join(command)}\n--- stderr tail ---\n"
+                f"{done.stderr[-4000:]}"
+            )
+        with open(out) as handle:
+            result = json.load(handle)
+    result["command"] = " ".join(command[1:-2])
+    return result
+
+
+def sizes(tiny: bool, device: str) -> dict[str, Any]:
+    if tiny:
+        return {
+            "widths": [16], "batch_size": 8, "rows": 160, "train_steps": ["--warmup-steps", "1", "--measure-steps",
+            "2", "--profile-steps", "0"], "num_workers": 1, "b": None,
+            "design_cpu": ["--population", "2", "--length", "24", "--guidance-updates", "1", "--steps", "1",
+                           "--width", "16"],
+            "design_device": None, "compile": False,
+        }  # fmt: skip
+    cuda = device.startswith("cuda")
+    return {
+        "widths": [128, 512], "batch_size": 128, "rows": 8192 if cuda else 1024,
+        "train_steps": ["--warmup-steps", "10" if cuda else "2", "--measure-steps", "40" if cuda else "4",
+                        "--profile-steps", "10" if cuda else "0"],
+        "num_workers": 6 if cuda else 2, "b": (768, 12) if cuda else None,
+        "design_cpu": ["--population", "16", "--length", "237", "--width", "32", "--kl-weight", "0.25",
+                       "--steps", "2"],
+        "design_device": ["--population", "128", "--length", "237", "--width", "32", "--kl-weight", "0.25",
+                          "--steps", "3"] if cuda else None,
+        "compile": cuda,
+    }  # fmt: skip
+
+
+def geometric_mean(values: list[float]) -> float | None:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def ratio(ours: dict | None, theirs: dict | None, key: str) -> float | None:
+    if not ours or not theirs or ours.get(key) is None or theirs.get(key) is None:
+        return None
+    return ours[key] / theirs[key]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--original-python", default=None, help="the original's interpreter (or $CORTEX_V1_PYTHON)"
+    )
+    parser.add_argument(
+        "--original-pythonpath",
+        default=None,
+        help="PYTHONPATH of the original's process (wheels unpacked by scripts/v1-wheels.sh)",
+    )
+    parser.add_argument("--skip-original", action="store_true", help="run this project's side only")
+    parser.add_argument("--ours-python", default=sys.executable)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke size (the test suite)")
+    parser.add_argument("--workloads", default="a,b,c")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "perf.json"))
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per driver process")
+    args = parser.parse_args(argv)  # fmt: skip
+    workloads = set(args.workloads.split(","))
+    if not workloads <= {"a", "b", "c"}:
+        raise ValueError(f"--workloads {args.workloads!r}; expected a comma list of a, b, c")
+    original = None if args.skip_original else find_original_python(args.original_python)
+    if original is None and not args.skip_original:
+        raise ValueError(
+            f"no original Python: --original-python not given, $CORTEX_V1_PYTHON unset and {DEFAULT_ORIGINAL} "
+            "absent; install it (bench/perf/README.md) or pass --skip-original"
+        )
+    size = sizes(args.tiny, args.device)
+    cuda = args.device == "cuda"
+    rows: list[dict[str, Any]] = []
+
+    def ours(*extra: str) -> dict:
+        return run_driver(args.ours_python, "ours_driver.py", list(extra), None, args.timeout)
+
+    def theirs(*extra: str) -> dict:
+        result = run_driver(original, "v1_driver.py", list(extra), args.original_pythonpath, args.timeout)
+        if Path(result["cortex_file"]).resolve().is_relative_to(REPO):
+            raise RuntimeError(
+                f"the original's process imported this project's cortex ({result['cortex_file']})"
+            )
+        return result
+
+    train_common = ["train", "--device", args.device, "--batch-size", str(size["batch_size"]),
+                    "--rows", str(size["rows"]), *size["train_steps"]]  # fmt: skip
+    if "a" in workloads:
+        for root in ("conv1d", "transformer"):
+            for width in size["widths"]:
+                config = f"a {root} w{width} b{size['batch_size']}"
+                mine = ours(*train_common, "--root", root, "--width", str(width),
+                            "--num-workers", str(size["num_workers"]))  # fmt: skip
+                row = {"workload": "a", "config": config, "ours": mine, "original": None}
+                if root == "conv1d" and original:
+                    row["original"] = theirs(*train_common, "--width", str(width))
+                elif root == "transformer":
+                    row["note"] = "pytorch-cortex 0.0.4 ships no TransformerRoot: ours only"
+                if size["compile"]:
+                    row["ours_compiled"] = ours(*train_common, "--root", root, "--width", str(width),
+                                                "--num-workers", str(size["num_workers"]), "--compile")  # fmt: skip
+                if cuda and root == "conv1d" and _device_count(args.ours_python) >= 2:
+                    row["ours_ddp2"] = ours(*train_common, "--root", root, "--width", str(width),
+                                            "--num-workers", str(size["num_workers"]), "--devices", "2")  # fmt: skip
+                rows.append(row)
+    if "b" in workloads and size["b"] is not None:
+        width, blocks = size["b"]
+        b_args = [*train_common, "--root", "transformer", "--width", str(width), "--num-blocks", str(blocks),
+                  "--num-workers", str(size["num_workers"])]  # fmt: skip
+        row = {"workload": "b", "config": f"b transformer {blocks}x{width} L256", "ours": ours(*b_args),
+               "original": None, "note": "pytorch-cortex 0.0.4 ships no TransformerRoot: ours only"}  # fmt: skip
+        if size["compile"]:
+            row["ours_compiled"] = ours(*b_args, "--compile")
+        rows.append(row)
+    if "c" in workloads:
+        design = ["design", *size["design_cpu"]]
+        row = {"workload": "c", "config": "c LaMBO-2 step, CPU", "ours": ours(*design, "--device", "cpu"),
+               "original": theirs(*design) if original else None}  # fmt: skip
+        rows.append(row)
+        if size["design_device"] is not None:
+            rows.append(
+                {
+                    "workload": "c",
+                    "config": "c LaMBO-2 step, ours on CUDA (original: CPU only)",
+                    "ours": ours("design", *size["design_device"], "--device", "cuda"),
+                    "original": None,
+                }
+            )
+
+    summary = summarize(rows, args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(summary, handle, indent=1)
+    sys.stdout.write(table(rows) + "\n")
+    sys.stdout.write(json.dumps({k: v for k, v in summary.items() if k != "details"}) + "\n")
+    return summary
+
+
+def _device_count(python: str) -> int:
+    done = subprocess.run([python, "-c", "import torch; print(torch.cuda.device_count())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout.strip())
+
+
+def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
+    a_pairs = [r for r in rows if r["workload"] == "a" and r["original"]]
+    train_ratios = [ratio(r["ours"], r["original"], "samples_per_s") for r in a_pairs]
+    memory_ratios = [ratio(r["ours"], r["original"], "peak_memory_bytes") for r in a_pairs]
+    busy = [
+        r["ours"]["gpu_busy"] for r in rows if r["workload"] == "a" and r["ours"].get("gpu_busy") is not None
+    ]
+    compile_ratios = [
+        ratio(r["ours_compiled"], r["ours"], "samples_per_s") for r in rows if "ours_compiled" in r
+    ]
+    ddp = [ratio(r["ours_ddp2"], r["ours"], "samples_per_s") for r in rows if "ours_ddp2" in r]
+    design = [
+        ratio(r["ours"], r["original"], "steps_per_s") for r in rows if r["workload"] == "c" and r["original"]
+    ]
+    gpu = next((r["ours"].get("gpu") for r in rows if r["ours"].get("gpu")), None)
+    return {
+        # geometric means over the configs measured on both sides (per config in "details")
+        "train_ratio_a": geometric_mean([x for x in train_ratios if x]),
+        "gpu_busy_a": (sum(busy) / len(busy)) if busy else None,
+        "memory_ratio_a": max([x for x in memory_ratios if x], default=None),
+        "compile_speedup": geometric_mean([x for x in compile_ratios if x]),
+        "ddp2_scaling": geometric_mean([x for x in ddp if x]),
+        "design_ratio_c": geometric_mean([x for x in design if x]),
+        "gpu": gpu or "none (cpu run)",
+        "device": args.device,
+        "tiny": args.tiny,
+        "date": datetime.date.today().isoformat(),
+        "definitions": {
+            "train_ratio_a": "ours / original training samples/s (rows of all tasks per second, steady state), "
+            "geometric mean over the conv1d configs",
+            "gpu_busy_a": "ours, mean over workload-a configs: torch.profiler kernel-interval union / wall time",
+            "memory_ratio_a": "ours / original torch.cuda.max_memory_allocated, worst config",
+            "compile_speedup": "ours compiled / ours eager samples/s, geometric mean",
+            "ddp2_scaling": "ours 2-GPU DDP / 1-GPU samples/s (ideal 2.0)",
+            "design_ratio_c": "ours / original LaMBO-2 steps/s on CPU at the same population and length",
+        },
+        "details": rows,
+    }
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        f"{'config':<44} {'original':>10} {'ours':>10} {'ratio':>7} {'busy':>6} {'mem':>6} {'compiled':>9} {'ddp2':>6}"
+    ]
+    for r in rows:
+        key = "steps_per_s" if r["workload"] == "c" else "samples_per_s"
+        theirs = (r["original"] or {}).get(key)
+        ours = r["ours"].get(key)
+        compiled = ratio(r.get("ours_compiled"), r["ours"], key)
+        ddp = ratio(r.get("ours_ddp2"), r["ours"], key)
+        lines.append(
+            f"{r['config']:<44} {_fmt(theirs, '.3g'):>10} {_fmt(ours, '.3g'):>10} "
+            f"{_fmt(ratio(r['ours'], r['original'], key), '.2f'):>7} {_fmt(r['ours'].get('gpu_busy'), '.0%'):>6} "
+            f"{_fmt(ratio(r['ours'], r['original'], 'peak_memory_bytes'), '.2f'):>6} {_fmt(compiled, '.2f'):>9} "
+            f"{_fmt(ddp, '.2f'):>6}"
+        )
+    lines.append(
+        "units: samples/s for a and b (all tasks' rows), design steps/s for c; ratio = ours / original"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
