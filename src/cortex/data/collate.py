@@ -185,6 +185,11 @@ class RootEncoder:
 
     def encode(self, sequences: Sequence[str], *, where: str = "batch") -> list[list[int]]:
         """Token id lists (special tokens included); raises ValueError on unknown tokens or excess length."""
+        for row, sequence in enumerate(sequences):
+            if not isinstance(sequence, str):
+                raise ValueError(
+                    f"{where}: row {row} is {type(sequence).__name__} {sequence!r}; expected a string of residues"
+                )
         if self.byte_to_id is not None and all(s.isascii() and s.isalpha() for s in sequences):
             return self._encode_bytes(sequences, where=where)
         texts = [self._spaced(s) for s in sequences] if self.separate_residues else list(sequences)

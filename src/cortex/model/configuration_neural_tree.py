@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,7 +244,53 @@ def _parse_node(kind: str, name: str, node: Any, table: dict[str, type]) -> Any:
         raise ValueError(
             f"{where} (type {node_type!r}) has unknown field(s) {unknown}; valid fields: {valid}"
         )
-    return config_class(**{k: v for k, v in node.items() if k != "type"})
+    parsed = config_class(**{k: v for k, v in node.items() if k != "type"})
+    _check_field_types(f"{where} (type {node_type!r})", parsed)
+    return parsed
+
+
+# Annotation (as written in the dataclasses) -> accepted Python types; bool is never accepted as an int.
+_SCALAR_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+}
+
+
+# Sizes that must be >= 1 wherever they appear (num_layers and num_blocks of heads may be 0 where allowed).
+_POSITIVE_FIELDS: frozenset[str] = frozenset(
+    {"max_length", "embed_dim", "channel_dim", "num_heads", "kernel_size", "dilation", "hidden_dim",
+     "num_pooling_heads", "ensemble_size", "num_classes"}
+)  # fmt: skip
+
+
+def _check_field_types(where: str, config: Any) -> None:
+    """Scalar fields hold their annotated type (ints >= 0, finite floats, dropout in [0, 1)), so that a bad
+    value fails here, naming the field, instead of deep inside a layer constructor."""
+    for f in dataclasses.fields(config):
+        annotation = str(f.type).replace(" ", "")
+        optional = annotation.endswith("|None")
+        expected = _SCALAR_TYPES.get(annotation.removesuffix("|None"))
+        value = getattr(config, f.name)
+        if annotation == "list[str]" and (
+            not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value)
+        ):
+            raise ValueError(f"{where}: {f.name} must be a list of names; got {value!r}")
+        if expected is None or (optional and value is None):
+            continue
+        wrong_type = not isinstance(value, expected) or (bool not in expected and isinstance(value, bool))
+        if wrong_type:
+            names = " or ".join(t.__name__ for t in expected) + (" or None" if optional else "")
+            raise ValueError(f"{where}: {f.name} must be {names}; got {type(value).__name__} {value!r}")
+        if (int in expected and bool not in expected and not math.isfinite(value)) or (
+            expected == (int,) and value < 0
+        ):
+            raise ValueError(f"{where}: {f.name} must be a finite non-negative number; got {value!r}")
+        if f.name in _POSITIVE_FIELDS and value < 1:
+            raise ValueError(f"{where}: {f.name} must be a positive integer; got {value!r}")
+        if f.name == "dropout" and not 0.0 <= value < 1.0:
+            raise ValueError(f"{where}: dropout must be in [0, 1); got {value!r}")
 
 
 def _node_dict(node_type: str, node: Any) -> dict[str, Any]:

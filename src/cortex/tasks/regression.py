@@ -59,7 +59,8 @@ class RegressionTask(Task):
                     f"{where}: target column {column!r} row {row} is {raw.iloc[row]!r}; expected a number "
                     "(or an empty cell / NaN for a missing label)"
                 )
-            infinite = np.isinf(numeric.to_numpy())
+            # Labels are collated as float32: beyond its range a finite label would silently become inf.
+            infinite = np.abs(numeric.to_numpy()) > np.finfo(np.float32).max
             if infinite.any():
                 row = int(np.flatnonzero(infinite)[0])
                 raise ValueError(
