@@ -100,6 +100,12 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
             pad_id = tokenizer.pad_token_id if tokenizer is not None else None
             roots[name] = build_root(root_config, vocab_size, pad_id, corruptible, load_pretrained_roots)
         self.roots = nn.ModuleDict(roots)
+        # LoRA adapters recorded by cortex.peft.add_lora: rebuilt here so a saved tree loads its adapter weights.
+        lora_adapters = getattr(config, "lora_adapters", None)
+        if lora_adapters:
+            from cortex.peft import inject_lora
+
+            inject_lora(self, lora_adapters)
         trunk_roots = config.trunk_config.roots
         self.trunk = build_trunk(
             config.trunk_config, [self.roots[r].out_dim for r in trunk_roots], config.trunk_width
@@ -332,6 +338,10 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
         for name, root_config in model.config.root_configs.items():
             if isinstance(root_config, HFRootConfig):
                 model.roots[name].restore_non_persistent_buffers()
+        if getattr(model.config, "lora_adapters", None):
+            from cortex.peft import freeze_lora_roots
+
+            freeze_lora_roots(model)  # loading re-creates parameters trainable; LoRA roots train adapters only
         return model
 
 
