@@ -334,7 +334,17 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
             }
         kwargs.setdefault("load_pretrained_roots", False)
         kwargs.setdefault("use_safetensors", True)
-        model = super().from_pretrained(directory, *args, **kwargs)
+        return_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(directory, *args, output_loading_info=True, **kwargs)
+        # HF only logs missing / unexpected keys and leaves missing ones randomly initialised: a partial or
+        # foreign weights file must fail instead of loading silently.
+        problems = {key: sorted(loading_info.get(key) or ()) for key in ("missing_keys", "unexpected_keys")}
+        if any(problems.values()):
+            raise ValueError(
+                f"weights in {directory!r} do not match its config.json: missing tensors "
+                f"{problems['missing_keys'][:10]}, unexpected tensors {problems['unexpected_keys'][:10]}; "
+                "expected exactly the tensors NeuralTreeModel.save_pretrained writes"
+            )
         for name, root_config in model.config.root_configs.items():
             if isinstance(root_config, HFRootConfig):
                 model.roots[name].restore_non_persistent_buffers()
@@ -342,7 +352,7 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
             from cortex.peft import freeze_lora_roots
 
             freeze_lora_roots(model)  # loading re-creates parameters trainable; LoRA roots train adapters only
-        return model
+        return (model, loading_info) if return_loading_info else model
 
 
 def _residue_vocabulary(tokenizer: PreTrainedTokenizerBase) -> frozenset[str]:
