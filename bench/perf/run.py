@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workloads", default="a,b,c")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "perf.json"))
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per driver process")
+    parser.add_argument("--widths", default=None, help="override workload a's widths, e.g. 32,128")
+    parser.add_argument("--batch-size", type=int, default=None, help="override workload a's batch size")
+    parser.add_argument("--rows", type=int, default=None, help="override the number of GFP rows loaded")
     args = parser.parse_args(argv)  # fmt: skip
     workloads = set(args.workloads.split(","))
     if not workloads <= {"a", "b", "c"}:
@@ -135,6 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
             "absent; install it (bench/perf/README.md) or pass --skip-original"
         )
     size = sizes(args.tiny, args.device)
+    if args.widths:
+        size["widths"] = [int(w) for w in args.widths.split(",")]
+    for key in ("batch_size", "rows"):
+        if getattr(args, key) is not None:
+            size[key] = getattr(args, key)
     cuda = args.device == "cuda"
     rows: list[dict[str, Any]] = []
 
