@@ -7,13 +7,15 @@ Tensors are saved with safetensors (the generator state is a uint8 tensor), the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 TENSOR_FIELDS: tuple[str, ...] = (
     "input_ids",
@@ -51,27 +53,57 @@ class DesignState:
         return self.input_ids.shape[0]
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Writes state.safetensors and state.json into `directory` (created if missing)."""
+        """Writes state.safetensors (tensors, plus step and history in its metadata) and a readable copy,
+        state.json, into `directory` (created if missing).
+
+        Each file is written to a temporary name, flushed to disk and renamed over the old one (os.replace is
+        atomic), so a process killed at any moment leaves the previous state or the new one, never a mix:
+        state.safetensors alone is the commit point, and it carries a checksum of its tensors.
+        """
         os.makedirs(directory, exist_ok=True)
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in TENSOR_FIELDS}
-        save_file(tensors, os.path.join(directory, "state.safetensors"))
-        with open(os.path.join(directory, "state.json"), "w") as handle:
-            json.dump({"step": self.step, "history": self.history}, handle)
+        metadata = {
+            "step": str(self.step),
+            "history": json.dumps(self.history),
+            "sha256": _checksum(tensors),
+        }
+        tensor_path = os.path.join(directory, "state.safetensors")
+        _atomic_write(tensor_path, save(tensors, metadata=metadata))
+        meta = json.dumps({"step": self.step, "history": self.history}).encode()
+        _atomic_write(os.path.join(directory, "state.json"), meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: torch.device | str = "cpu") -> DesignState:
-        """Reads a state written by `save`; tensors go to `device` (the generator state stays on the CPU)."""
+        """Reads a state written by `save`; tensors go to `device` (the generator state stays on the CPU).
+
+        Raises ValueError when the file is damaged (checksum mismatch) or lacks tensors; safetensors raises on
+        a truncated or garbled file. Never returns a partial state.
+        """
         tensor_path = os.path.join(directory, "state.safetensors")
         json_path = os.path.join(directory, "state.json")
-        for path in (tensor_path, json_path):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} not found; expected a directory written by DesignState.save")
+        if not os.path.isfile(tensor_path):
+            raise FileNotFoundError(
+                f"{tensor_path} not found; expected a directory written by DesignState.save"
+            )
+        with safe_open(tensor_path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
         tensors = load_file(tensor_path)
         missing = sorted(set(TENSOR_FIELDS) - set(tensors))
         if missing:
             raise ValueError(f"{tensor_path} lacks tensors {missing}; expected {list(TENSOR_FIELDS)}")
-        with open(json_path) as handle:
-            meta = json.load(handle)
+        if "sha256" in metadata:
+            if _checksum(tensors) != metadata["sha256"]:
+                raise ValueError(
+                    f"{tensor_path} is damaged: its tensors do not match the checksum written with them"
+                )
+            meta = {"step": int(metadata["step"]), "history": json.loads(metadata["history"])}
+        else:  # written before the metadata copy existed: step and history live in state.json only
+            if not os.path.isfile(json_path):
+                raise FileNotFoundError(
+                    f"{json_path} not found; expected a directory written by DesignState.save"
+                )
+            with open(json_path) as handle:
+                meta = json.load(handle)
         moved = {
             k: v if k == "generator_state" else v.to(device) for k, v in tensors.items() if k in TENSOR_FIELDS
         }
@@ -88,6 +120,26 @@ class DesignState:
         from datasets import Dataset
 
         return Dataset.from_pandas(self.history_frame(), preserve_index=False)
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the fields' names, dtypes, shapes and bytes, in TENSOR_FIELDS order."""
+    digest = hashlib.sha256()
+    for name in TENSOR_FIELDS:
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file in the same directory, fsync and os.replace."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 __all__ = ["TENSOR_FIELDS", "DesignState"]
