@@ -49,6 +49,12 @@ def _check_inputs(
         )
 
 
+def _uniform(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """U[0, 1) float64 draws, the same numbers as `torch.rand(shape, dtype=float64, generator=generator)` (which
+    is empty().uniform_()); `torch.rand(..., generator=None)` cannot trace symbolic (dynamic) sizes."""
+    return torch.empty(shape, dtype=torch.float64, device=device).uniform_(generator=generator)
+
+
 class CorruptionProcess(nn.Module):
     """Base of the corruption processes: holds the timestep sampler. Subclasses implement `add_noise`."""
 
@@ -120,7 +126,7 @@ class MaskCorruption(CorruptionProcess):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, L) int ids -> (noisy_ids (B, L), is_corrupted (B, L) bool)."""
         _check_inputs("MaskCorruption", x, noise_level, is_corruptible, x_ndim=2)
-        u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)  # (B, L)
+        u = _uniform(x.shape, x.device, generator)  # (B, L)
         is_corrupted = (u < noise_level[:, None]) & is_corruptible
         noisy = torch.where(is_corrupted, torch.full_like(x, self.mask_token_id), x)
         return noisy, is_corrupted
@@ -211,7 +217,7 @@ class SubstitutionCorruption(CorruptionProcess):
         """x: (B, L) int ids -> (noisy_ids (B, L), is_corrupted (B, L) bool)."""
         _check_inputs("SubstitutionCorruption", x, noise_level, is_corruptible, x_ndim=2)
         batch_size, length = x.shape
-        u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)  # (B, L)
+        u = _uniform(x.shape, x.device, generator)  # (B, L)
         is_corrupted = (u < noise_level[:, None]) & is_corruptible & self.token_is_corruptible[x]
         flat_corrupted = is_corrupted.reshape(-1)  # (B*L,)
         rank = (torch.cumsum(flat_corrupted.long(), dim=0) - 1).clamp_min(0)  # (B*L,)
@@ -249,7 +255,8 @@ class GaussianCorruption(CorruptionProcess):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, L, De) float embeddings -> (noisy (B, L, De), is_corrupted (B, L) bool)."""
         _check_inputs("GaussianCorruption", x, noise_level, is_corruptible, x_ndim=3)
-        eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)  # (B, L, De)
+        # normal_ draws what torch.randn draws; randn(size, generator=None) fails on symbolic sizes.
+        eps = torch.empty(x.shape, dtype=x.dtype, device=x.device).normal_(generator=generator)  # (B, L, De)
         c = noise_level.to(x.dtype)[:, None, None]  # (B, 1, 1)
         noised = (1 - c) * x + c * (self.noise_variance**0.5) * eps
         is_corrupted = is_corruptible & (noise_level > 0)[:, None]

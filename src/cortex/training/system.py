@@ -97,6 +97,23 @@ def _update_causal_lm(metric, task, outputs, batch) -> None:
     metric.update(logits, inputs["input_ids"][:, 1:], inputs["attention_mask"][:, 1:])
 
 
+COMPILE_OPTIONS = ("backend", "mode", "dynamic", "fullgraph", "options")
+
+
+def _compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+    """`compile` argument -> keyword arguments of `model.compile` (None = do not compile)."""
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, Mapping):
+        raise ValueError(
+            f"compile={compile!r}; expected true/false or a mapping of torch.compile arguments {COMPILE_OPTIONS}"
+        )
+    unknown = sorted(set(compile) - set(COMPILE_OPTIONS))
+    if unknown:
+        raise ValueError(f"compile has unknown keys {unknown}; expected some of {COMPILE_OPTIONS}")
+    return dict(compile)
+
+
 METRIC_UPDATES: dict[str, Callable[..., None]] = {
     "regressor": _update_regression,
     "classifier": _update_classification,
@@ -117,7 +134,9 @@ class NeuralTreeSystem(pl.LightningModule):
         task_weights: task name -> weight of its loss in the joint sum (default 1 each).
         gradient_clip_val: per_task strategy only (Lightning clips joint runs via Trainer(gradient_clip_val)).
         seed: base of the per-batch reseeding.
-        compile: compile the model in place (`model.compile()`), so state-dict keys never gain `_orig_mod.`.
+        compile: compile the model in place (`model.compile()`), so state-dict keys never gain `_orig_mod.`;
+            True for torch.compile's defaults (inductor), or a mapping of `torch.compile` arguments among
+            COMPILE_OPTIONS, e.g. {"backend": "aot_eager", "dynamic": None}.
 
     Batches: a mapping task name -> `TreeBatch` (a CombinedLoader of one loader per task); a task missing
     from a validation batch (exhausted loader) is skipped.
@@ -133,7 +152,7 @@ class NeuralTreeSystem(pl.LightningModule):
         task_weights: Mapping[str, float] | None = None,
         gradient_clip_val: float | None = None,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
@@ -145,7 +164,7 @@ class NeuralTreeSystem(pl.LightningModule):
         self.automatic_optimization = strategy == "joint"
         self.gradient_clip_val = gradient_clip_val
         self.seed = int(seed)
-        self.compile_model = compile
+        self.compile_options = _compile_options(compile)
         leaf_types = {name: node["type"] for name, node in model.config.leaves.items()}
         roots = list(model.config.roots)
         names = [task.name for task in self.tasks]
@@ -291,8 +310,8 @@ class NeuralTreeSystem(pl.LightningModule):
         if stage == "fit" and datamodule is not None:
             datamodule.setup("fit")
             self.fit_tasks({name: frames["train"] for name, frames in datamodule.frames.items()})
-        if self.compile_model:
-            self.model.compile()
+        if self.compile_options is not None:
+            self.model.compile(**self.compile_options)
 
     def fit_tasks(self, train_frames: Mapping[str, Any]) -> None:
         """Calls `task.fit(leaf, train_frame)` for every task (regression: target standardisation)."""
