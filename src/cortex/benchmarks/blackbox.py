@@ -29,9 +29,11 @@ class BlackBox(ABC):
 
     Args:
         batch_size: the most candidates handed to one `evaluate` call (a chunk).
-        num_workers: 0 evaluates chunks in this process; N > 0 spreads them over a pool of N spawned processes
-            (the black box is pickled to them once per chunk, so keep it cheap to pickle). Call `close()` or use
+        num_workers: 0 evaluates chunks in this process; N > 0 spreads them over a pool of N processes (the
+            black box is pickled to them once per chunk, so keep it cheap to pickle). Call `close()` or use
             the black box as a context manager to shut the pool down.
+        start_method: how workers start: "spawn" (default), "forkserver" or "fork". Fork is not the default:
+            forking a process whose OpenMP threads have run torch ops deadlocked the children here.
         budget: the most candidates this black box will ever evaluate (None = unlimited). A call that would go
             past it raises `BudgetExceededError` before anything is evaluated. `num_evaluations` counts every
             candidate evaluated so far, duplicates included.
@@ -40,7 +42,13 @@ class BlackBox(ABC):
     value and where it is) and `evaluate` (score one prepared chunk: (n,) float tensor, NaN = unknown value).
     """
 
-    def __init__(self, batch_size: int = 4096, num_workers: int = 0, budget: int | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int = 4096,
+        num_workers: int = 0,
+        budget: int | None = None,
+        start_method: str = "spawn",
+    ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -50,6 +58,7 @@ class BlackBox(ABC):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.budget = budget
+        self.start_method = start_method
         self.num_evaluations = 0
         self._executor: Executor | None = None
 
@@ -98,8 +107,7 @@ class BlackBox(ABC):
 
     def _pool(self) -> Executor:
         if self._executor is None:
-            # spawn, not fork: forking a process that has started OpenMP threads can deadlock the child.
-            context = multiprocessing.get_context("spawn")
+            context = multiprocessing.get_context(self.start_method)
             self._executor = ProcessPoolExecutor(max_workers=self.num_workers, mp_context=context)
         return self._executor
 
@@ -146,7 +154,7 @@ class FunctionBlackBox(BlackBox):
         fn: the assay or simulator; must be picklable (a module-level function) when num_workers > 0.
         length: if given, every candidate must have exactly this many characters.
         alphabet: if given, every character must be in it.
-        batch_size, num_workers, budget: see `BlackBox`.
+        batch_size, num_workers, budget, start_method: see `BlackBox`.
     """
 
     def __init__(
@@ -158,8 +166,11 @@ class FunctionBlackBox(BlackBox):
         batch_size: int = 4096,
         num_workers: int = 0,
         budget: int | None = None,
+        start_method: str = "spawn",
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, budget=budget)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, budget=budget, start_method=start_method
+        )
         self.fn = fn
         self.length = length
         self.alphabet = None if alphabet is None else frozenset(alphabet)

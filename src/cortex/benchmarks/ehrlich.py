@@ -135,7 +135,7 @@ class Ehrlich(BlackBox):
         epistasis_factor: strength of the cubic response a*x*(x-1)+1 applied to each motif's presence x.
         random_seed: the construction seed; it fixes the instance (keep it fixed, vary the optimizer's seed).
         alphabet: optional string of v distinct characters; if given, candidates may also be strings.
-        batch_size, num_workers, budget: see `BlackBox`.
+        batch_size, num_workers, budget, start_method: see `BlackBox`.
 
     Candidates are a (B, L) integer tensor of states in [0, v), or (with an alphabet) a list of B strings.
     Attributes: `transition_matrix` (v, v), `initial_dist` (v,) uniform (used for feasibility),
@@ -157,8 +157,11 @@ class Ehrlich(BlackBox):
         batch_size: int = 4096,
         num_workers: int = 0,
         budget: int | None = None,
+        start_method: str = "spawn",
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, budget=budget)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, budget=budget, start_method=start_method
+        )
         quantization = motif_length if quantization is None else quantization
         for name, value, minimum in [
             ("num_states", num_states, 2),
