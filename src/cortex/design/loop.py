@@ -1,0 +1,654 @@
+"""The closed design loop: train a surrogate on everything measured so far, propose a batch, measure it, repeat.
+
+    problem = build_problem("easy", seed=0, initial_size=128)
+    result = ClosedLoop(problem, LoopConfig(method="lambo", batch_size=128, budget=1152), "runs/easy_s0").run()
+
+Round 0 measures the problem's starting set (it counts against the budget). Every later round:
+
+  1. (model-based methods) train the cortex surrogate on all data so far, in memory, warm-started from the
+     previous round's weights: a regressor leaf on the objective (NaN = infeasible or unknown, left out), a
+     classifier leaf on feasibility (problems with a feasibility constraint) and an MLM leaf;
+  2. propose `batch_size` sequences never measured before: LaMBO-2 from the best measured sequences under the
+     problem's constraints ("lambo"; "lambo_unguided" uses max_guidance_updates = 0), or one generation of the
+     genetic algorithm ("ga") or of random mutation ("random");
+  3. measure them with the problem's black box (strings in, values out) and append them.
+
+The loop stops when the evaluation budget is spent. Sequences a baseline asks for again are answered from the
+data, without an evaluation (a lab would not re-assay them). Why the feasibility leaf: the original cortex,
+run through this kind of loop, proposed 63-89 % infeasible Ehrlich sequences (issue 7); its probability of
+feasibility multiplies into the acquisition (`AcquisitionObjective` constraint leaves).
+
+State is one safetensors file written atomically after every round (temp file, fsync, rename): the data
+(`states` (N, L) token indices into the problem's alphabet, `values` (N,), `rounds` (N,)), the loop's
+generator state, the surrogate's weights (`model.*`) and the per-round history in the metadata. A killed run
+restarted with the same arguments continues after the last saved round and ends with the same result as an
+uninterrupted one: every random draw of a round comes from seeds drawn from the saved generator, and the
+baselines' optimizers are rebuilt by replaying their rounds against the saved data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from cortex.benchmarks.baselines import DiscreteOptimizer, GeneticAlgorithm, RandomMutation
+from cortex.benchmarks.blackbox import BlackBox
+from cortex.corruption.processes import MaskCorruption
+from cortex.design.constraints import DesignConstraints
+from cortex.design.lambo import LaMBO2, LaMBO2Config
+from cortex.design.tree_objectives import AcquisitionObjective
+from cortex.model.configuration_neural_tree import NeuralTreeConfig
+from cortex.model.modeling_neural_tree import NeuralTreeModel
+
+logger = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("lambo", "lambo_unguided", "ga", "random")
+STATE_FILE = "loop_state.safetensors"
+STATE_FORMAT = "cortex-closed-loop-1"
+# Characters standing for Ehrlich states 0..v-1 (the surrogate reads strings).
+STATE_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits
+SPECIAL_TOKENS: tuple[str, ...] = ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>")
+
+
+# ---- problems --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DesignProblem:
+    """What the loop optimizes.
+
+    name: label in results. black_box: strings over `alphabet` in -> (B,) values out (higher is better, -inf =
+    infeasible, NaN = unknown). alphabet: one character per token index (states are indices into it).
+    initial: the starting set (measured in round 0). is_mutable: (L,) bool, where edits are allowed.
+    learn_feasibility: train a feasibility classifier leaf and use it as a constraint in the acquisition.
+    target_value: a value worth reaching (Ehrlich optimum 1.0, GB1 top-1 % fitness); results report the number
+    of evaluations to reach it. tokenizer: the surrogate's tokenizer (its single-character tokens must cover
+    the alphabet). root_type: "conv1d" surrogate root.
+    """
+
+    name: str
+    black_box: BlackBox
+    alphabet: str
+    initial: list[str]
+    is_mutable: torch.Tensor
+    learn_feasibility: bool
+    target_value: float | None
+    tokenizer: PreTrainedTokenizerFast
+
+    def __post_init__(self) -> None:
+        if len(set(self.alphabet)) != len(self.alphabet) or len(self.alphabet) < 2:
+            raise ValueError(f"problem alphabet {self.alphabet!r} must hold >= 2 distinct characters")
+        if not self.initial:
+            raise ValueError(f"problem {self.name!r} has no initial sequences; expected a non-empty list")
+        self.length = len(self.initial[0])
+        self.initial_states = self.encode(self.initial, where=f"problem {self.name!r} initial")
+        if self.is_mutable.dtype != torch.bool or tuple(self.is_mutable.shape) != (self.length,):
+            raise ValueError(
+                f"is_mutable must be a ({self.length},) bool tensor; got {self.is_mutable.dtype} "
+                f"{tuple(self.is_mutable.shape)}"
+            )
+
+    def encode(self, sequences: Sequence[str], *, where: str = "sequences") -> torch.Tensor:
+        """(B, L) int64 indices into the alphabet; ValueError names a bad length or character."""
+        index = {char: i for i, char in enumerate(self.alphabet)}
+        rows = []
+        for row, sequence in enumerate(sequences):
+            if not isinstance(sequence, str):
+                raise TypeError(f"{where}[{row}] is {type(sequence).__name__}; expected a string")
+            if len(sequence) != self.length:
+                raise ValueError(f"{where}[{row}] has length {len(sequence)}; expected {self.length}")
+            for position, char in enumerate(sequence):
+                if char not in index:
+                    raise ValueError(
+                        f"{where}[{row}] has {char!r} at position {position}; expected one of {self.alphabet!r}"
+                    )
+            rows.append([index[char] for char in sequence])
+        return torch.tensor(rows, dtype=torch.int64).view(len(rows), self.length)
+
+    def decode(self, states: torch.Tensor) -> list[str]:
+        return ["".join(self.alphabet[i] for i in row) for row in states.tolist()]
+
+
+def state_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: ids 0-4 are <cls> <pad> <eos> <unk> <mask>, then one id per alphabet character
+    (special tokens are neither corrupted nor sampled: `cortex.data.tokenization.token_masks`)."""
+    if not 2 <= len(alphabet) == len(set(alphabet)):
+        raise ValueError(f"alphabet {alphabet!r} must hold >= 2 distinct characters")
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *alphabet])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"<[^<>\s]+>|\S"), behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        cls_token="<cls>",
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def ehrlich_problem(
+    name: str = "easy", initial_size: int = 128, function_seed: int = 0, **black_box_kwargs
+) -> DesignProblem:
+    """An Ehrlich instance ("easy" | "medium" | "hard" | "ehr_v-..."): the starting set is the instance's
+    deterministic DMP pool `initial_solution(initial_size)` (the same for every optimizer seed and method)."""
+    from cortex.benchmarks.ehrlich import Ehrlich
+
+    probe = Ehrlich.from_name(name, random_seed=function_seed)
+    if probe.num_states > len(STATE_ALPHABET):
+        raise ValueError(
+            f"Ehrlich {name!r} has {probe.num_states} states; the loop spells at most {len(STATE_ALPHABET)}"
+        )
+    alphabet = STATE_ALPHABET[: probe.num_states]
+    function = Ehrlich.from_name(name, random_seed=function_seed, alphabet=alphabet, **black_box_kwargs)
+    initial = function.decode(function.initial_solution(initial_size))
+    return DesignProblem(
+        name=name,
+        black_box=function,
+        alphabet=alphabet,
+        initial=initial,
+        is_mutable=torch.ones(function.dim, dtype=torch.bool),
+        learn_feasibility=True,
+        target_value=function.optimal_value,
+        tokenizer=state_tokenizer(alphabet),
+    )
+
+
+def gb1_problem(initial_size: int = 64, seed: int = 0, top_fraction: float = 0.01, **black_box_kwargs):
+    """GB1 (Wu et al. 2016): `initial_size` measured variants below wild type drawn by `seed`; edits only at the
+    four sites; the target is the top `top_fraction` fitness of the measured landscape."""
+    from cortex.benchmarks.gb1 import GB1Oracle
+    from cortex.data.tokenization import CANONICAL_AMINO_ACIDS, ProteinTokenizer
+
+    oracle = GB1Oracle(**black_box_kwargs)
+    return DesignProblem(
+        name="gb1",
+        black_box=oracle,
+        alphabet=CANONICAL_AMINO_ACIDS,
+        initial=oracle.sample_seeds(initial_size, seed=seed),
+        is_mutable=oracle.is_mutable.clone(),
+        learn_feasibility=False,
+        target_value=oracle.top_fraction_threshold(top_fraction),
+        tokenizer=ProteinTokenizer(),
+    )
+
+
+def build_problem(name: str, seed: int = 0, initial_size: int | None = None) -> DesignProblem:
+    """ "gb1" (starting set drawn by `seed`, 64 variants by default) or an Ehrlich name (128 by default)."""
+    if name == "gb1":
+        return gb1_problem(64 if initial_size is None else initial_size, seed=seed)
+    return ehrlich_problem(name, 128 if initial_size is None else initial_size)
+
+
+# ---- configuration and results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopConfig:
+    """Loop settings shared by every method (same budget, batch size and starting data).
+
+    method: one of METHODS. batch_size: proposals measured per round. budget: total evaluations, the starting
+    set included (None: initial + num_rounds * batch_size). num_rounds: only used for the default budget.
+    presolve_rounds: the first rounds of every method are genetic-algorithm generations (the literature's
+    GA-presolved start). seed: the optimizer seed (the problem instance is fixed separately).
+    Surrogate: feature_dim, ensemble_size, num_epochs, train_batch_size, learning_rate, max_noise_level (MLM
+    corruption drawn uniformly in [0, max]), warm_start (start from the previous round's weights).
+    LaMBO-2: lambo_steps, num_mutations_per_step, max_guidance_updates, guidance_step_size, kl_weight.
+    Baselines: ga_survival_quantile, ga_recombine_prob, ga_mutation_prob (None: 1 / L), random_num_mutations.
+    max_idle_rounds: stop after this many consecutive rounds that propose nothing new.
+    """
+
+    method: str = "lambo"
+    batch_size: int = 128
+    num_rounds: int = 8
+    budget: int | None = None
+    presolve_rounds: int = 0
+    seed: int = 0
+    feature_dim: int = 32
+    ensemble_size: int = 4
+    num_epochs: int = 8
+    train_batch_size: int = 64
+    learning_rate: float = 3e-3
+    max_noise_level: float = 0.5
+    warm_start: bool = True
+    lambo_steps: int = 8
+    num_mutations_per_step: int = 2
+    max_guidance_updates: int = 4
+    guidance_step_size: float = 0.1
+    kl_weight: float = 0.0
+    ga_survival_quantile: float = 0.1
+    ga_recombine_prob: float = 0.5
+    ga_mutation_prob: float | None = None
+    random_num_mutations: int = 1
+    max_idle_rounds: int = 8
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"LoopConfig.method is {self.method!r}; expected one of {METHODS}")
+        for name in ("batch_size", "num_rounds", "num_epochs", "train_batch_size", "lambo_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LoopConfig.{name} is {value!r}; expected an int >= 1")
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
+            raise ValueError(f"LoopConfig.budget is {self.budget!r}; expected None or an int >= 1")
+        if not isinstance(self.presolve_rounds, int) or self.presolve_rounds < 0:
+            raise ValueError(f"LoopConfig.presolve_rounds is {self.presolve_rounds!r}; expected an int >= 0")
+
+    @property
+    def is_model_based(self) -> bool:
+        return self.method in ("lambo", "lambo_unguided")
+
+
+@dataclass
+class LoopResult:
+    """states (N, L) and values (N,) in evaluation order, rounds (N,) the round of each row, history one dict per
+    round (method, problem, seed, round, num_evals, best_so_far, feasible_frac, num_proposed)."""
+
+    states: torch.Tensor
+    values: torch.Tensor
+    rounds: torch.Tensor
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = "budget"
+
+    @property
+    def best_so_far(self) -> torch.Tensor:
+        """(N,) best value after each evaluation (NaN counts as -inf)."""
+        return torch.nan_to_num(self.values, nan=-math.inf).cummax(0).values
+
+    def evals_to_reach(self, target: float) -> int | None:
+        """Number of evaluations until a value >= target was measured (None if never)."""
+        hit = (self.best_so_far >= target).nonzero()
+        return None if hit.numel() == 0 else int(hit[0, 0]) + 1
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+
+
+class ClosedLoop:
+    """Runs one method on one problem; `state_dir` (optional) makes it resumable."""
+
+    def __init__(
+        self, problem: DesignProblem, config: LoopConfig, state_dir: str | os.PathLike | None = None
+    ):
+        self.problem = problem
+        self.config = config
+        self.state_dir = None if state_dir is None else os.fspath(state_dir)
+        self.budget = (
+            config.budget
+            if config.budget is not None
+            else len(problem.initial) + config.num_rounds * config.batch_size
+        )
+        if self.budget < len(problem.initial):
+            raise ValueError(
+                f"budget {self.budget} is smaller than the starting set ({len(problem.initial)} sequences); "
+                f"expected budget >= {len(problem.initial)}"
+            )
+        self.model: NeuralTreeModel | None = None
+
+    # ---- data ----------------------------------------------------------------------------------------------
+
+    def _known(self) -> dict[tuple[int, ...], float]:
+        return {
+            tuple(row): value for row, value in zip(self.states.tolist(), self.values.tolist(), strict=True)
+        }
+
+    def _evaluate(self, states: torch.Tensor) -> torch.Tensor:
+        """(B,) values of (B, L) states from the black box, checked to be one float per candidate."""
+        values = self.problem.black_box(self.problem.decode(states))
+        if not isinstance(values, torch.Tensor) or values.shape != (states.shape[0],):
+            raise ValueError(
+                f"black box of problem {self.problem.name!r} returned {values!r} for {states.shape[0]} "
+                f"candidates; expected a ({states.shape[0]},) tensor"
+            )
+        return values.float()
+
+    def _append(self, states: torch.Tensor, values: torch.Tensor, round_index: int) -> None:
+        self.states = torch.cat([self.states, states])
+        self.values = torch.cat([self.values, values])
+        self.rounds = torch.cat([self.rounds, torch.full((states.shape[0],), round_index, dtype=torch.int64)])
+
+    def _novel(self, proposals: torch.Tensor, limit: int) -> torch.Tensor:
+        """The first `limit` distinct rows of (B, L) proposals not in the data, in order."""
+        known = set(map(tuple, self.states.tolist()))
+        keep = []
+        for index, row in enumerate(map(tuple, proposals.tolist())):
+            if row not in known and len(keep) < limit:
+                known.add(row)
+                keep.append(index)
+        return proposals[keep]
+
+    # ---- run -----------------------------------------------------------------------------------------------
+
+    def run(self, on_round_end: Callable[[ClosedLoop, int], None] | None = None) -> LoopResult:
+        """Runs (or resumes) to the budget; `on_round_end(loop, round)` is called after each round is saved."""
+        cfg = self.config
+        self.stop_reason = "budget"
+        if not self._load():
+            self.generator = torch.Generator().manual_seed(cfg.seed)
+            length = self.problem.length
+            self.states = torch.empty(0, length, dtype=torch.int64)
+            self.values = torch.empty(0)
+            self.rounds = torch.empty(0, dtype=torch.int64)
+            self.history: list[dict] = []
+            self.round = 0
+            initial = self.problem.initial_states
+            self._append(initial, self._evaluate(initial), 0)
+            self._record(num_proposed=initial.shape[0])
+            self._save()
+            if on_round_end is not None:
+                on_round_end(self, 0)
+        optimizer = None
+        idle = 0
+        while self.states.shape[0] < self.budget:
+            self.round += 1
+            remaining = self.budget - self.states.shape[0]
+            use_baseline = self.round <= cfg.presolve_rounds or not cfg.is_model_based
+            if use_baseline:
+                if optimizer is None:
+                    optimizer = self._replay_baseline()
+                proposals = self._baseline_round(optimizer, remaining)
+            else:
+                optimizer = None
+                proposals = self._lambo_round(remaining)
+            idle = idle + 1 if proposals == 0 else 0
+            self._record(num_proposed=proposals)
+            self._save()
+            if on_round_end is not None:
+                on_round_end(self, self.round)
+            if idle >= cfg.max_idle_rounds:
+                self.stop_reason = f"no new proposals in {idle} consecutive rounds"
+                logger.warning("%s: stopping at %d evaluations", self.stop_reason, self.states.shape[0])
+                break
+        return LoopResult(self.states, self.values, self.rounds, list(self.history), self.stop_reason)
+
+    def _record(self, num_proposed: int) -> None:
+        new = self.rounds == self.round
+        values = self.values[new]
+        feasible = torch.isfinite(values).float().mean() if values.numel() else torch.tensor(float("nan"))
+        best = torch.nan_to_num(self.values, nan=-math.inf).max()
+        self.history.append(
+            {
+                "method": self.config.method,
+                "problem": self.problem.name,
+                "seed": self.config.seed,
+                "round": self.round,
+                "num_evals": int(self.states.shape[0]),
+                "best_so_far": float(best),
+                "feasible_frac": float(feasible),
+                "num_proposed": int(num_proposed),
+            }
+        )
+
+    # ---- baselines -----------------------------------------------------------------------------------------
+
+    def _new_baseline(self) -> DiscreteOptimizer:
+        cfg, problem = self.config, self.problem
+        method = "ga" if cfg.method != "random" else "random"
+        vocab = range(len(problem.alphabet))
+        seeds = problem.initial_states
+        if method == "ga":
+            return GeneticAlgorithm(
+                seeds,
+                vocab,
+                num_particles=cfg.batch_size,
+                mutation_prob=cfg.ga_mutation_prob,
+                recombine_prob=cfg.ga_recombine_prob,
+                survival_quantile=cfg.ga_survival_quantile,
+                is_mutable=problem.is_mutable,
+                seed=cfg.seed,
+            )
+        return RandomMutation(
+            seeds,
+            vocab,
+            num_particles=cfg.batch_size,
+            num_mutations=cfg.random_num_mutations,
+            is_mutable=problem.is_mutable,
+            seed=cfg.seed,
+        )
+
+    def _replay_baseline(self) -> DiscreteOptimizer:
+        """A baseline optimizer brought to the current round by replaying its earlier rounds on the data.
+
+        Its first ask (the starting set, padded with perturbed copies) and every later ask are answered from the
+        data; asks that were never measured (cut by the budget) get NaN, as in the original round."""
+        optimizer = self._new_baseline()
+        known = self._known()
+        cfg = self.config
+        num_done = min(self.round - 1, cfg.presolve_rounds) if cfg.is_model_based else self.round - 1
+        for _ in range(num_done):
+            asked = optimizer.ask()
+            optimizer.tell(torch.tensor([known.get(tuple(row), math.nan) for row in asked.tolist()]))
+        return optimizer
+
+    def _baseline_round(self, optimizer: DiscreteOptimizer, remaining: int) -> int:
+        asked = optimizer.ask()
+        novel = self._novel(asked, remaining)
+        if novel.shape[0]:
+            self._append(novel, self._evaluate(novel), self.round)
+        known = self._known()
+        optimizer.tell(torch.tensor([known.get(tuple(row), math.nan) for row in asked.tolist()]))
+        return int(novel.shape[0])
+
+    # ---- LaMBO-2 -------------------------------------------------------------------------------------------
+
+    def model_config(self) -> NeuralTreeConfig:
+        """The surrogate: conv1d root -> sum trunk -> property branch (ensemble) with the objective regressor (and
+        the feasibility classifier), generation branch with the MLM leaf."""
+        cfg, width = self.config, self.config.feature_dim
+        leaves = {
+            "objective": {"type": "regressor", "branch": "property", "out_dim": 1},
+            "sequence_mlm": {"type": "mlm", "branch": "generation", "root": "sequence"},
+        }
+        if self.problem.learn_feasibility:
+            leaves["feasible"] = {"type": "classifier", "branch": "property", "num_classes": 2}
+        root = {"type": "conv1d", "max_length": self.problem.length, "embed_dim": width}
+        return NeuralTreeConfig(
+            roots={"sequence": {**root, "channel_dim": width, "out_dim": width}},
+            trunk={"type": "sum", "roots": ["sequence"]},
+            branches={
+                "property": {
+                    "type": "conv1d",
+                    "out_dim": width,
+                    "channel_dim": width,
+                    "ensemble_size": cfg.ensemble_size,
+                },
+                "generation": {"type": "conv1d", "out_dim": width, "channel_dim": width},
+            },
+            leaves=leaves,
+        )
+
+    def _build_model(self, init_seed: int) -> NeuralTreeModel:
+        torch.manual_seed(init_seed)
+        model = NeuralTreeModel(self.model_config(), tokenizers={"sequence": self.problem.tokenizer})
+        model.attach_corruption({"sequence": MaskCorruption(self.problem.tokenizer.mask_token_id)})
+        return model
+
+    def _draw_seed(self) -> int:
+        return int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+
+    def train_surrogate(self, train_seed: int) -> NeuralTreeModel:
+        """Fits the surrogate on all data so far (warm-started from `self.model` when configured)."""
+        cfg = self.config
+        if self.model is None or not cfg.warm_start:
+            self.model = self._build_model(train_seed)
+        model = self.model
+        sequences = self.problem.decode(self.states)
+        encoded = model.tokenize(sequences, root="sequence")
+        finite = torch.isfinite(self.values)
+        targets = torch.where(finite, self.values, torch.full_like(self.values, math.nan))[:, None]  # (N, 1)
+        model.leaves["objective"].fit_target_standardization(targets)
+        labels = {"objective": targets}
+        if self.problem.learn_feasibility:
+            # NaN (unknown) is not evidence either way: -100 leaves it out of the loss.
+            feasible = torch.where(self.values.isnan(), -100, finite.long())
+            labels["feasible"] = feasible
+        generator = torch.Generator().manual_seed(train_seed)
+        torch.manual_seed(train_seed)  # the roots' corruption draws from the global generator
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        num_rows = self.states.shape[0]
+        model.train()
+        for _ in range(cfg.num_epochs):
+            order = torch.randperm(num_rows, generator=generator)
+            for start in range(0, num_rows, cfg.train_batch_size):
+                index = order[start : start + cfg.train_batch_size]
+                noise_level = torch.rand(index.shape[0], generator=generator) * cfg.max_noise_level
+                inputs = {
+                    "input_ids": encoded["input_ids"][index],
+                    "attention_mask": encoded["attention_mask"][index],
+                    "noise_level": noise_level,
+                }
+                batch_labels = {name: value[index] for name, value in labels.items()}
+                output = model(
+                    root_inputs={"sequence": inputs}, labels={**batch_labels, "sequence_mlm": None}
+                )
+                optimizer.zero_grad()
+                output.loss.backward()
+                optimizer.step()
+        model.eval()
+        return model
+
+    def constraints(self) -> DesignConstraints:
+        """Fixed length, alphabet characters only, immutable positions where the problem forbids edits."""
+        immutable = [int(i) for i in (~self.problem.is_mutable).nonzero().flatten().tolist()]
+        allowed = {
+            int(i): self.problem.alphabet for i in self.problem.is_mutable.nonzero().flatten().tolist()
+        }
+        return DesignConstraints(immutable_positions=immutable, allowed_tokens=allowed, fixed_length=True)
+
+    def _lambo_round(self, remaining: int) -> int:
+        cfg = self.config
+        train_seed, lambo_seed = self._draw_seed(), self._draw_seed()
+        model = self.train_surrogate(train_seed)
+        # Seeds: the best measured sequences (stable order among ties), infeasible ones last.
+        order = torch.sort(torch.nan_to_num(self.values, nan=-math.inf), descending=True, stable=True).indices
+        seeds = self.problem.decode(self.states[order[: cfg.batch_size]])
+        objective = AcquisitionObjective(
+            [("objective", 0)], ["feasible"] if self.problem.learn_feasibility else []
+        )
+        sampler = LaMBO2(
+            model,
+            objective,
+            self.constraints(),
+            LaMBO2Config(
+                num_mutations_per_step=cfg.num_mutations_per_step,
+                max_guidance_updates=0 if cfg.method == "lambo_unguided" else cfg.max_guidance_updates,
+                guidance_step_size=cfg.guidance_step_size,
+                kl_weight=cfg.kl_weight,
+                resample_edit_positions=True,
+                exclude_initial_solution=True,
+                root="sequence",
+                seed=lambo_seed,
+            ),
+        )
+        state = sampler.run(seeds, num_steps=cfg.lambo_steps)
+        # Every candidate the trajectory visited, best acquisition first; measure the best new ones.
+        rows = [row for row in state.history if row["step"] > 0]
+        rows.sort(key=lambda row: -row["objective"])
+        proposals = (
+            self.problem.encode(
+                ["".join(row["sequence"].split()) for row in rows], where="LaMBO-2 candidates"
+            )
+            if rows
+            else torch.empty(0, self.problem.length, dtype=torch.int64)
+        )
+        novel = self._novel(proposals, min(remaining, cfg.batch_size))
+        if novel.shape[0]:
+            self._append(novel, self._evaluate(novel), self.round)
+        return int(novel.shape[0])
+
+    # ---- state -----------------------------------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, str]:
+        return {
+            "format": STATE_FORMAT,
+            "problem": self.problem.name,
+            "config": json.dumps(asdict(self.config), sort_keys=True),
+            "round": str(self.round),
+            "history": json.dumps(self.history),
+            "stop_reason": self.stop_reason,
+        }
+
+    def _save(self) -> None:
+        if self.state_dir is None:
+            return
+        os.makedirs(self.state_dir, exist_ok=True)
+        tensors = {
+            "states": self.states,
+            "values": self.values,
+            "rounds": self.rounds,
+            "generator": self.generator.get_state(),
+        }
+        if self.model is not None:
+            tensors.update(
+                {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
+            )
+        path = os.path.join(self.state_dir, STATE_FILE)
+        temporary = f"{path}.tmp"
+        save_file(tensors, temporary, metadata=self._metadata())
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)  # atomic: a reader sees the old round or the new one, never a mix
+
+    def _load(self) -> bool:
+        """Restores a saved run; False when there is none. ValueError if it belongs to another run."""
+        if self.state_dir is None:
+            return False
+        path = os.path.join(self.state_dir, STATE_FILE)
+        if not os.path.isfile(path):
+            return False
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not a closed-loop state (format {metadata.get('format')!r})")
+        expected = json.dumps(asdict(self.config), sort_keys=True)
+        if metadata["problem"] != self.problem.name or metadata["config"] != expected:
+            raise ValueError(
+                f"{path} holds a run of problem {metadata['problem']!r} with config {metadata['config']}; "
+                f"expected problem {self.problem.name!r} with config {expected} (use another state_dir)"
+            )
+        tensors = load_file(path)
+        self.states, self.values, self.rounds = tensors["states"], tensors["values"], tensors["rounds"]
+        self.generator = torch.Generator()
+        self.generator.set_state(tensors["generator"])
+        self.round = int(metadata["round"])
+        self.history = json.loads(metadata["history"])
+        weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        if weights:
+            self.model = self._build_model(0)
+            self.model.load_state_dict(weights, strict=True)
+        logger.info("resumed %s at round %d (%d evaluations)", path, self.round, self.states.shape[0])
+        return True
+
+
+def run_closed_loop(
+    problem: DesignProblem, config: LoopConfig, state_dir: str | os.PathLike | None = None
+) -> LoopResult:
+    """`ClosedLoop(problem, config, state_dir).run()`."""
+    return ClosedLoop(problem, config, state_dir).run()
+
+
+__all__ = [
+    "METHODS",
+    "ClosedLoop",
+    "DesignProblem",
+    "LoopConfig",
+    "LoopResult",
+    "build_problem",
+    "ehrlich_problem",
+    "gb1_problem",
+    "run_closed_loop",
+    "state_tokenizer",
+]
