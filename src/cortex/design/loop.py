@@ -375,7 +375,8 @@ class ClosedLoop:
     def _record(self, num_proposed: int) -> None:
         new = self.rounds == self.round
         values = self.values[new]
-        feasible = torch.isfinite(values).float().mean() if values.numel() else torch.tensor(float("nan"))
+        # None when the round measured nothing (a baseline generation answered from the data).
+        feasible = float(torch.isfinite(values).float().mean()) if values.numel() else None
         best = torch.nan_to_num(self.values, nan=-math.inf).max()
         self.history.append(
             {
@@ -385,7 +386,7 @@ class ClosedLoop:
                 "round": self.round,
                 "num_evals": int(self.states.shape[0]),
                 "best_so_far": float(best),
-                "feasible_frac": float(feasible),
+                "feasible_frac": feasible,
                 "num_proposed": int(num_proposed),
             }
         )

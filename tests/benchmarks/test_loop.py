@@ -1,0 +1,131 @@
+"""The closed loop on Ehrlich "easy" at CPU size: rounds, resume after an interruption, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cortex.benchmarks.blackbox import FunctionBlackBox
+from cortex.design.loop import ClosedLoop, DesignProblem, LoopConfig, build_problem, state_tokenizer
+
+TINY = {"batch_size": 16, "num_rounds": 2, "num_epochs": 1, "lambo_steps": 2, "feature_dim": 16}
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models; a second OpenMP thread only spins on the shared 2-core box
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def easy():
+    return build_problem("easy", initial_size=16)
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def _raise_after(round_to_fail: int):
+    def callback(loop, round_index):
+        if round_index == round_to_fail:
+            raise Interrupted(f"killed after round {round_index}")
+
+    return callback
+
+
+@pytest.mark.parametrize("method", ["lambo", "ga"])
+def test_two_rounds_then_resume_equals_uninterrupted(easy, tmp_path, method):
+    config = LoopConfig(method=method, **TINY)
+    full = ClosedLoop(easy, config, tmp_path / "full").run()
+    assert full.values.numel() == 16 + 2 * 16
+    assert full.rounds.max() >= 2
+    assert {row["round"] for row in full.history} >= {0, 1, 2}
+    # Every proposal is new and measured once.
+    assert len(set(map(tuple, full.states.tolist()))) == full.states.shape[0]
+
+    with pytest.raises(Interrupted):
+        ClosedLoop(easy, config, tmp_path / "killed").run(on_round_end=_raise_after(1))
+    interrupted = ClosedLoop(easy, config, tmp_path / "killed")
+    resumed = interrupted.run()
+    assert torch.equal(resumed.states, full.states)
+    assert torch.equal(resumed.values, full.values)
+    assert resumed.history == full.history
+    if method == "lambo":
+        reference = ClosedLoop(easy, config, tmp_path / "full")
+        reference._load()
+        for name, tensor in reference.model.state_dict().items():
+            assert torch.equal(interrupted.model.state_dict()[name], tensor), name
+
+
+def test_lambo_learns_feasibility_leaf(easy):
+    loop = ClosedLoop(easy, LoopConfig(method="lambo", **TINY))
+    assert "feasible" in loop.model_config().leaves
+    result = loop.run()
+    proposed = result.values[result.rounds > 0]
+    assert proposed.numel() == 32
+    assert math.isfinite(float(result.best_so_far[-1]))
+
+
+def test_state_of_another_run_is_refused(easy, tmp_path):
+    ClosedLoop(easy, LoopConfig(method="ga", **TINY), tmp_path).run()
+    with pytest.raises(ValueError, match="config"):
+        ClosedLoop(easy, LoopConfig(method="random", **TINY), tmp_path).run()
+
+
+def test_oracle_rejects_bad_batches(easy):
+    oracle = easy.black_box
+    with pytest.raises(ValueError, match="length 31; expected 32"):
+        oracle(["A" * 31])
+    with pytest.raises(ValueError, match=r"'\?' at position 3"):
+        oracle(["AAA?" + "A" * 28])
+    with pytest.raises(TypeError, match="single str"):
+        oracle("A" * 32)
+    with pytest.raises(TypeError, match="float"):
+        oracle(torch.zeros(2, 32))
+    with pytest.raises(ValueError, match="out of the vocabulary"):
+        oracle(torch.full((1, 32), 40))
+
+
+def test_loop_rejects_bad_input(easy):
+    with pytest.raises(ValueError, match="method is 'bayes'"):
+        LoopConfig(method="bayes")
+    with pytest.raises(ValueError, match="batch_size is 0"):
+        LoopConfig(batch_size=0)
+    with pytest.raises(ValueError, match="budget 8 is smaller than the starting set"):
+        ClosedLoop(easy, LoopConfig(budget=8))
+    with pytest.raises(ValueError, match="has length 3; expected 32"):
+        easy.encode(["ABC"])
+    with pytest.raises(ValueError, match=r"'\*' at position 0"):
+        easy.encode(["*" + "A" * 31])
+    with pytest.raises(TypeError, match="is int; expected a string"):
+        easy.encode([7])
+
+
+def test_black_box_returning_wrong_shape_is_named():
+    alphabet = "AB"
+    problem = DesignProblem(
+        name="user-assay",
+        black_box=FunctionBlackBox(lambda batch: [0.0], length=4, alphabet=alphabet),
+        alphabet=alphabet,
+        initial=["AAAA", "ABAB"],
+        is_mutable=torch.ones(4, dtype=torch.bool),
+        learn_feasibility=False,
+        target_value=None,
+        tokenizer=state_tokenizer(alphabet),
+    )
+    with pytest.raises(ValueError, match=r"returned \(1,\) for a chunk of 2"):
+        ClosedLoop(problem, LoopConfig(method="ga", batch_size=2, num_rounds=1)).run()
+
+
+def test_gb1_loop_keeps_edits_at_the_four_sites(tmp_path):
+    problem = build_problem("gb1", seed=0, initial_size=8)
+    result = ClosedLoop(problem, LoopConfig(method="lambo", **{**TINY, "batch_size": 8}), tmp_path).run()
+    wild = problem.encode([problem.black_box.wild_type])[0]
+    fixed = ~problem.is_mutable
+    assert (result.states[:, fixed] == wild[fixed]).all()
+    assert result.values.numel() == 8 + 2 * 8
