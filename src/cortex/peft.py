@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
+from transformers.utils import is_peft_available
 
 # model_type -> modules adapted by default (LoRA paper section 7.1: query and value suffice).
 HF_TARGET_MODULES: dict[str, tuple[str, ...]] = {
@@ -37,8 +38,10 @@ def default_target_modules(model: Any, root: str) -> list[str]:
         model_type = node["hf_config"]["model_type"]
         if model_type in HF_TARGET_MODULES:
             return list(HF_TARGET_MODULES[model_type])
-        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TABLE
-
+        if is_peft_available():
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TABLE
+        else:
+            raise ImportError("LoRA needs peft: pip install peft")
         if model_type in PEFT_TABLE:
             return list(PEFT_TABLE[model_type])
         raise ValueError(
@@ -99,8 +102,10 @@ def inject_lora(model: nn.Module, adapters: Mapping[str, Mapping[str, Any]]) -> 
     """Builds the adapter modules of `adapters` (root -> {r, lora_alpha, lora_dropout, target_modules}) in the
     roots of `model` and freezes every other weight of those roots. Called by `NeuralTreeModel.__init__` for
     `config.lora_adapters`, so loading a saved tree rebuilds the modules its state dict holds."""
-    from peft import LoraConfig, inject_adapter_in_model
-
+    if is_peft_available():  # guarded so that remote-code copies of this file need peft only for LoRA trees
+        from peft import LoraConfig, inject_adapter_in_model
+    else:
+        raise ImportError("this tree has LoRA adapters (config.lora_adapters); install peft to build them")
     for root, settings in adapters.items():
         unknown = sorted(set(settings) - set(LORA_FIELDS))
         if unknown or "target_modules" not in settings:
@@ -138,8 +143,10 @@ def freeze_lora_roots(model: nn.Module) -> None:
 def merge_lora(model: Any) -> None:
     """Folds every root's adapters into its weights (W + scale * B A), removes the adapter modules, unfreezes
     the roots and clears `config.lora_adapters`: the result is a plain tree (predictions unchanged)."""
-    from peft.tuners.lora import LoraLayer
-
+    if is_peft_available():
+        from peft.tuners.lora import LoraLayer
+    else:
+        raise ImportError("LoRA needs peft: pip install peft")
     for root in list(getattr(model.config, "lora_adapters", None) or {}):
         module = model.roots[root]
         for name, layer in list(module.named_modules()):

@@ -55,7 +55,7 @@ def test_only_adapters_and_heads_train(build):
     tasks = [t for t in rbd_tasks() if t.name == "expr"]
     batch = _batch(model, tasks)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    full_trainable, total = count_parameters(model)
+    full_trainable, _ = count_parameters(model)
     add_lora(model, r=4)
     trainable, _ = count_parameters(model)
     root_trainable = [n for n, p in model.roots.named_parameters() if p.requires_grad]

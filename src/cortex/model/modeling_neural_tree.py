@@ -320,12 +320,19 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
-        """Loads a tree saved by `save_pretrained` from a local directory, with its root tokenizers."""
+        """Loads a tree saved by `save_pretrained`, with its root tokenizers, from a local directory or a Hub
+        repository id (downloaded whole with `snapshot_download`; honours revision, token, cache_dir,
+        local_files_only)."""
         directory = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(directory):
-            raise ValueError(
-                f"{directory!r} is not a directory; NeuralTreeModel loads saved local directories only"
-            )
+            if os.path.exists(directory) or os.path.isabs(directory) or directory.startswith("."):
+                raise ValueError(
+                    f"{directory!r} is not a directory; expected a save_pretrained directory or a Hub repo id"
+                )
+            from huggingface_hub import snapshot_download
+
+            hub_keys = ("revision", "token", "cache_dir", "local_files_only")
+            directory = snapshot_download(directory, **{k: kwargs[k] for k in hub_keys if k in kwargs})
         tokenizer_root = os.path.join(directory, TOKENIZER_DIR)
         if "tokenizers" not in kwargs and os.path.isdir(tokenizer_root):
             kwargs["tokenizers"] = {
