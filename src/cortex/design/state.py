@@ -26,6 +26,8 @@ TENSOR_FIELDS: tuple[str, ...] = (
     "num_accepted",
     "generator_state",
 )
+# Saved when present: pll (N,) pseudo-log-likelihood of the candidates (a cache; None = recompute).
+OPTIONAL_TENSOR_FIELDS: tuple[str, ...] = ("pll",)
 
 
 @dataclass
@@ -35,7 +37,9 @@ class DesignState:
     input_ids, attention_mask, seed_ids (N, L); objective (N,) raw objective of the candidates; edit_positions
     (N, L) bool, the positions chosen at the last selection (reused unless resampling); num_accepted (N,) long,
     accepted proposals so far; step: completed steps; generator_state: uint8 state of the sampler's
-    torch.Generator at the start of the next step; history: one dict per (step, member), see `LaMBO2`.
+    torch.Generator at the start of the next step; history: one dict per (step, member), see `LaMBO2`;
+    pll: (N,) pseudo-log-likelihood of the candidates over their corruptible positions, kept so that a step
+    never rescores its starting population (None: the sampler computes it).
     """
 
     input_ids: torch.Tensor
@@ -47,6 +51,7 @@ class DesignState:
     generator_state: torch.Tensor
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    pll: torch.Tensor | None = None
 
     @property
     def num_candidates(self) -> int:
@@ -61,7 +66,8 @@ class DesignState:
         state.safetensors alone is the commit point, and it carries a checksum of its tensors.
         """
         os.makedirs(directory, exist_ok=True)
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in TENSOR_FIELDS}
+        names = TENSOR_FIELDS + tuple(n for n in OPTIONAL_TENSOR_FIELDS if getattr(self, n) is not None)
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in names}
         metadata = {
             "step": str(self.step),
             "history": json.dumps(self.history),
@@ -104,9 +110,8 @@ class DesignState:
                 )
             with open(json_path) as handle:
                 meta = json.load(handle)
-        moved = {
-            k: v if k == "generator_state" else v.to(device) for k, v in tensors.items() if k in TENSOR_FIELDS
-        }
+        known = TENSOR_FIELDS + OPTIONAL_TENSOR_FIELDS
+        moved = {k: v if k == "generator_state" else v.to(device) for k, v in tensors.items() if k in known}
         return cls(**moved, step=int(meta["step"]), history=list(meta["history"]))
 
     def history_frame(self):
@@ -123,9 +128,10 @@ class DesignState:
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over the fields' names, dtypes, shapes and bytes, in TENSOR_FIELDS order."""
+    """sha256 over the fields' names, dtypes, shapes and bytes, in TENSOR_FIELDS order, then the optional
+    fields present (a state without them hashes as before they existed)."""
     digest = hashlib.sha256()
-    for name in TENSOR_FIELDS:
+    for name in TENSOR_FIELDS + tuple(n for n in OPTIONAL_TENSOR_FIELDS if n in tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -142,4 +148,4 @@ def _atomic_write(path: str, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-__all__ = ["TENSOR_FIELDS", "DesignState"]
+__all__ = ["OPTIONAL_TENSOR_FIELDS", "TENSOR_FIELDS", "DesignState"]
