@@ -45,7 +45,7 @@ def test_two_nodes_one_process_each_train_in_sync(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     logs = [launch.communicate(timeout=240)[0] for launch in launches]
