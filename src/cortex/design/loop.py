@@ -207,6 +207,7 @@ class LoopConfig:
     LaMBO-2: lambo_steps, num_mutations_per_step, max_guidance_updates, guidance_step_size, kl_weight.
     Baselines: ga_survival_quantile, ga_recombine_prob, ga_mutation_prob (None: 1 / L), random_num_mutations.
     max_idle_rounds: stop after this many consecutive rounds that propose nothing new.
+    device: where the surrogate trains and LaMBO-2 runs ("cpu", "cuda").
     """
 
     method: str = "lambo"
@@ -232,6 +233,7 @@ class LoopConfig:
     ga_mutation_prob: float | None = None
     random_num_mutations: int = 1
     max_idle_rounds: int = 8
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -473,7 +475,7 @@ class ClosedLoop:
         torch.manual_seed(init_seed)
         model = NeuralTreeModel(self.model_config(), tokenizers={"sequence": self.problem.tokenizer})
         model.attach_corruption({"sequence": MaskCorruption(self.problem.tokenizer.mask_token_id)})
-        return model
+        return model.to(torch.device(self.config.device))
 
     def _draw_seed(self) -> int:
         return int(torch.randint(2**31 - 1, (1,), generator=self.generator))
@@ -489,6 +491,8 @@ class ClosedLoop:
         finite = torch.isfinite(self.values)
         targets = torch.where(finite, self.values, torch.full_like(self.values, math.nan))[:, None]  # (N, 1)
         model.leaves["objective"].fit_target_standardization(targets)
+        device = torch.device(cfg.device)
+        encoded = {name: value.to(device) for name, value in encoded.items()}
         labels = {"objective": targets}
         if self.problem.learn_feasibility:
             # NaN (unknown) is not evidence either way: -100 leaves it out of the loss.
@@ -504,12 +508,10 @@ class ClosedLoop:
             for start in range(0, num_rows, cfg.train_batch_size):
                 index = order[start : start + cfg.train_batch_size]
                 noise_level = torch.rand(index.shape[0], generator=generator) * cfg.max_noise_level
-                inputs = {
-                    "input_ids": encoded["input_ids"][index],
-                    "attention_mask": encoded["attention_mask"][index],
-                    "noise_level": noise_level,
-                }
-                batch_labels = {name: value[index] for name, value in labels.items()}
+                noise_level, index_on_device = noise_level.to(device), index.to(device)
+                inputs = {name: value[index_on_device] for name, value in encoded.items()}
+                inputs["noise_level"] = noise_level
+                batch_labels = {name: value[index].to(device) for name, value in labels.items()}
                 output = model(
                     root_inputs={"sequence": inputs}, labels={**batch_labels, "sequence_mlm": None}
                 )
@@ -592,7 +594,7 @@ class ClosedLoop:
         }
         if self.model is not None:
             tensors.update(
-                {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
+                {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             )
         path = os.path.join(self.state_dir, STATE_FILE)
         temporary = f"{path}.tmp"
