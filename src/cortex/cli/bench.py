@@ -67,7 +67,8 @@ def run_bench(cfg: DictConfig) -> dict:
                 problem = build_problem(problem_name, seed=seed, initial_size=cfg.initial_size)
                 config = LoopConfig(method=method, seed=seed, **loop_cfg)
                 state_dir = os.path.join(output_dir, "states", f"{problem_name}_{method}_s{seed}")
-                result = ClosedLoop(problem, config, state_dir).run()
+                loop = ClosedLoop(problem, config, state_dir)
+                result = loop.run()
                 rows.extend(result.history)
                 finals.append(float(result.best_so_far[-1]))
                 proposed = result.rounds > 0
@@ -87,7 +88,8 @@ def run_bench(cfg: DictConfig) -> dict:
                 "median_best": statistics.median(finals),
                 "best_per_seed": finals,
                 "feasible_frac": statistics.mean(feasible),
-                "budget": int(result.values.numel()) if config.budget is None else config.budget,
+                "budget": loop.budget,
+                "stop_reasons": sorted({loop.stop_reason}),
                 "seeds": len(seeds),
                 "target_value": problem.target_value,
                 "evals_to_target": to_target,
