@@ -10,7 +10,8 @@
 # package it imports for training and LaMBO that the GPU machine lacks or holds at an incompatible version:
 # lightning 1.9.5 (whose `import lightning` pulls lightning.app: fastapi/starlette/pydantic 1, lightning-cloud,
 # uvicorn, ...), transformers < 4.50 with its tokenizers and huggingface_hub, botorch 0.12 with gpytorch and
-# linear_operator, Hydra/OmegaConf/antlr4, wandb 0.15 (imported at `import cortex`), s3fs 0.4 + boto3, edlib.
+# linear_operator, Hydra/OmegaConf/antlr4, wandb 0.15 (imported at `import cortex`), s3fs 0.4 + boto3, edlib,
+# and numpy 1.26 (the original and wandb 0.15 need numpy < 2; the machine's numpy 2 stays for this project).
 set -euo pipefail
 MODE=${1:?usage: scripts/v1-wheels.sh download|install [DEST]}
 DEST=${2:-.whl-v1}
@@ -30,6 +31,7 @@ PURE_OR_BINARY=(
   setproctitle==1.3.6 appdirs==1.4.4 protobuf==4.25.8
   s3fs==0.4.2 boto3==1.40.0 botocore==1.40.0 s3transfer==0.13.1 jmespath==1.0.1 universal_pathlib==0.2.6
   fsspec==2023.12.2
+  numpy==1.26.4
 )
 SDIST_ONLY=(antlr4-python3-runtime==4.9.3 pathtools==0.1.2)
 
@@ -40,6 +42,13 @@ case "$MODE" in
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       --platform any -d "$DEST" "${PURE_OR_BINARY[@]}"
     "$PY" -m pip wheel --no-deps -w "$DEST" "${SDIST_ONLY[@]}"
+    # botocore ships 24 MB of AWS service models; the original imports it (s3fs) but trains and designs without
+    # a client, so keep only the models of s3/sts/sso to stay within the GPU machine's 64 MiB transfer.
+    tmp=$(mktemp -d)
+    (cd "$tmp" && unzip -q "$OLDPWD/$DEST"/botocore-*.whl \
+      && find botocore/data -mindepth 1 -maxdepth 1 -type d | grep -vE "/(s3|sts|sso|sso-oidc)$" | xargs rm -rf \
+      && rm "$OLDPWD/$DEST"/botocore-*.whl && zip -qr "$OLDPWD/$DEST/botocore-1.40.0-py3-none-any.whl" .)
+    rm -rf "$tmp"
     du -sh "$DEST"
     ;;
   install)

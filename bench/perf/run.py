@@ -51,7 +51,8 @@ def find_original_python(explicit: str | None) -> str | None:
 def side_env(pythonpath: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
     if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+        # Drivers run with cwd=bench/perf: resolve relative entries against the caller's directory.
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in pythonpath.split(os.pathsep))
     return env
 
 
@@ -119,6 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--skip-original", action="store_true", help="run this project's side only")
     parser.add_argument("--ours-python", default=sys.executable)
+    parser.add_argument(
+        "--ours-pythonpath",
+        default=None,
+        help="PYTHONPATH of this project's process when it is not installed there (e.g. src:/tmp/site on a GPU box)",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke size (the test suite)")
     parser.add_argument("--workloads", default="a,b,c")
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict[str, Any]] = []
 
     def ours(*extra: str) -> dict:
-        return run_driver(args.ours_python, "ours_driver.py", list(extra), None, args.timeout)
+        return run_driver(args.ours_python, "ours_driver.py", list(extra), args.ours_pythonpath, args.timeout)
 
     def theirs(*extra: str) -> dict:
         result = run_driver(original, "v1_driver.py", list(extra), args.original_pythonpath, args.timeout)
