@@ -24,7 +24,7 @@ from cortex.model.configuration_neural_tree import NeuralTreeConfig
 from cortex.model.modeling_neural_tree import NeuralTreeModel
 
 
-def train(frame: pd.DataFrame, num_steps: int, width: int) -> NeuralTreeModel:
+def train(frame: pd.DataFrame, num_steps: int, width: int, device: str) -> NeuralTreeModel:
     torch.manual_seed(0)
     config = NeuralTreeConfig(
         roots={"protein": {"type": "conv1d", "max_length": 208, "embed_dim": width, "channel_dim": width,
@@ -35,18 +35,20 @@ def train(frame: pd.DataFrame, num_steps: int, width: int) -> NeuralTreeModel:
         leaves={"bind": {"type": "regressor", "branch": "property"},
                 "protein_mlm": {"type": "mlm", "branch": "generation", "root": "protein"}},
     )  # fmt: skip
-    model = NeuralTreeModel(config)
-    encoded = model.tokenize(frame["sequence"].tolist())
-    targets = torch.tensor(frame["bind_delta_log10Ka"].to_numpy(), dtype=torch.float32)[:, None]
+    model = NeuralTreeModel(config).to(device)
+    encoded = {k: v.to(device) for k, v in model.tokenize(frame["sequence"].tolist()).items()}
+    targets = torch.tensor(frame["bind_delta_log10Ka"].to_numpy(), dtype=torch.float32, device=device)[
+        :, None
+    ]
     model.leaves["bind"].fit_target_standardization(targets)
     model.attach_corruption({"protein": MaskCorruption(model.get_tokenizer("protein").mask_token_id)})
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
     for _ in range(num_steps):
-        index = torch.randint(len(frame), (32,), generator=generator)
+        index = torch.randint(len(frame), (32,), generator=generator).to(device)
         inputs = {"input_ids": encoded["input_ids"][index], "attention_mask": encoded["attention_mask"][index],
-                  "noise_level": torch.rand(32, generator=generator) * 0.5}  # fmt: skip
+                  "noise_level": (torch.rand(32, generator=generator) * 0.5).to(device)}  # fmt: skip
         loss = model(
             root_inputs={"protein": inputs}, labels={"bind": targets[index], "protein_mlm": None}
         ).loss
@@ -64,8 +66,8 @@ def random_mutation(sampler: LaMBO2, seeds: list[str], num_steps: int, budget: i
     allowed = sampler.samplable_tokens.nonzero()[:, 0]
     for _ in range(num_steps):
         editable = sampler.corruptible_tokens[ids] & state.attention_mask.bool()
-        positions = torch.multinomial(editable.float(), budget, generator=generator)
-        tokens = allowed[torch.randint(len(allowed), positions.shape, generator=generator)]
+        positions = torch.multinomial(editable.float().cpu(), budget, generator=generator).to(ids.device)
+        tokens = allowed[torch.randint(len(allowed), positions.shape, generator=generator).to(ids.device)]
         proposal = ids.scatter(1, positions, tokens)
         value = sampler.objective(sampler._forward_ids(proposal, state.attention_mask, ["bind"]))
         better = value >= objective
@@ -79,11 +81,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", default="bench/results/lambo_rbd.json")
     args = parser.parse_args()
     frame = pd.read_csv("data/rbd_starr2020_bind_expr.csv.gz").dropna(subset=["bind_delta_log10Ka"])
     frame = frame[~frame["sequence"].str.contains(r"\*")]
-    model = train(frame, args.train_steps, args.width)
+    model = train(frame, args.train_steps, args.width, args.device)
     seeds = frame.nsmallest(args.seeds, "bind_delta_log10Ka")["sequence"].tolist()
     results = {"steps": args.steps, "seeds": args.seeds, "train_steps": args.train_steps}
     settings = {"num_mutations_per_step": 2, "kl_weight": 0.25, "resample_edit_positions": True}
