@@ -13,3 +13,10 @@ export PYTHONPATH="${PWD}/src${PYTHONPATH:+:$PYTHONPATH}"
 # torch.compile: eager vs compiled training steps/s, (a) property+generation trees, (b) 12x768 MFU.
 "$PYTHON" bench/compile_speed.py --device cuda --precision bf16-mixed --out "$RESULTS/compile.json" \
   2>&1 | tee "$RESULTS/compile_speed.log"
+
+# Training quality (issue 4): GFP TAPE-like test Spearman (target >= 0.68); RBD position-held-out two-task vs
+# single-task vs one-hot ridge, ensemble of 4 (NLL, 90% coverage).
+"$PYTHON" bench/train_gfp.py --accelerator gpu --precision bf16-mixed --max-epochs 20 --batch-size 128 \
+  --output-dir /tmp/cortex-bench --out "$RESULTS/gfp.json" 2>&1 | tee "$RESULTS/train_gfp.log"
+"$PYTHON" bench/train_rbd.py --accelerator gpu --precision bf16-mixed --max-epochs 30 \
+  --output-dir /tmp/cortex-bench --out "$RESULTS/rbd.json" 2>&1 | tee "$RESULTS/train_rbd.log"

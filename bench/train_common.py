@@ -49,8 +49,9 @@ def hardware(args: argparse.Namespace) -> str:
 
 def train_and_test(
     name: str, args: argparse.Namespace, overrides: list[str]
-) -> tuple[dict[str, dict[str, float]], float]:
-    """Trains the config `train.yaml` + `overrides` and returns ({task: test metrics}, training minutes).
+) -> tuple[dict[str, dict[str, float]], float, dict[str, dict[str, Any]]]:
+    """Trains the config `train.yaml` + `overrides` and returns ({task: test metrics}, training minutes,
+    {task: {split: rows}} as the data module split them).
 
     Test metrics per task: spearman / pearson / rmse / nll / coverage_90 of the (EMA) model on the test split,
     with the ensemble's predictive (mean of member means, mean member variance + variance of member means)."""
@@ -76,7 +77,7 @@ def train_and_test(
     start = time.perf_counter()
     trainer.fit(system, datamodule=datamodule)
     minutes = (time.perf_counter() - start) / 60
-    return test_metrics(system, datamodule), minutes
+    return test_metrics(system, datamodule), minutes, datamodule.frames
 
 
 @torch.no_grad()
