@@ -213,6 +213,10 @@ class LaMBO2(nn.Module):
         self.guided_leaves = list(dict.fromkeys([self.mlm_leaf, *objective.leaves]))
         # A cached PLL stays valid across steps only if accepted tokens never change the exclusion mask.
         self.pll_cacheable = not bool((samplable & ~corruptible).any())
+        # Buffers and the corruption process live on the model's device (population tensors never leave it).
+        self.corruptible_tokens = self.corruptible_tokens.to(self.device)
+        self.samplable_tokens = self.samplable_tokens.to(self.device)
+        self.corruption.to(self.device)
 
     @property
     def device(self) -> torch.device:
