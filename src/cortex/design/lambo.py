@@ -84,8 +84,8 @@ class LaMBO2Config:
     noise_schedule: "inverse_sqrt" (1 / sqrt(1 + step), the original) or "linear".
     root / mlm_leaf: the designed root and the MLM leaf predicting it (None: the only ones).
     pll_batch_size: occluded sequences per forward when scoring pseudo-log-likelihoods (bounds memory; None:
-        about 2^15 tokens per forward on CPU, where cache-sized chunks run ~3x faster than 2^19, and 2^18 on
-        accelerators).
+        about 2^12 tokens per forward on CPU (quiet 2-core run, L = 237: 16-sequence forwards 0.75 s per PLL of 16,
+        138-sequence ones 0.96 s, 2048-sequence ones ~3x slower under load) and 2^18 on accelerators).
     legacy_raw_null_embedding: use the raw mask embedding row in occlusion (original behaviour, A18).
     seed: seed of the sampler's generator.
     """
@@ -567,12 +567,14 @@ class LaMBO2(nn.Module):
         pairs = (~is_excluded).nonzero()  # (P, 2): candidate, masked position
         totals = torch.zeros(num, dtype=torch.float32, device=input_ids.device)
         batch_size = self.config.pll_batch_size or max(
-            1, (2**15 if input_ids.device.type == "cpu" else 2**18) // max(length, 1)
+            1, (2**12 if input_ids.device.type == "cpu" else 2**18) // max(length, 1)
         )
         for start in range(0, pairs.shape[0], batch_size):
             row, position = pairs[start : start + batch_size].unbind(-1)  # (b,), (b,)
             index = torch.arange(row.shape[0], device=input_ids.device)
-            occluded = input_ids[row].index_put((index, position), torch.full_like(position, self.mask_token_id))
+            occluded = input_ids[row].index_put(
+                (index, position), torch.full_like(position, self.mask_token_id)
+            )
             logits = self._forward_ids(occluded, attention_mask[row], [self.mlm_leaf])[self.mlm_leaf].logits
             picked = logits[:, index, position]  # (E, b, V): logits at the masked position
             log_probs = torch.log_softmax(picked.float(), dim=-1)
