@@ -112,12 +112,14 @@ def _design_once() -> DesignState:
 
 
 def test_seeded_design_is_bit_for_bit_repeatable():
-    previous = torch.are_deterministic_algorithms_enabled()
+    previous, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # tiny model: a second thread only spins on a shared machine (tests/design)
     try:
         first, second = _design_once(), _design_once()
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.set_num_threads(threads)
     assert torch.equal(first.input_ids, second.input_ids)
     assert torch.equal(first.objective, second.objective)
     assert first.history == second.history
