@@ -54,8 +54,9 @@ def _compose(tmp_path, overrides):
 
 
 def test_train_saves_a_model_that_autoloads_and_predicts_in_original_units(tmp_path, table):
-    cfg = _compose(tmp_path, ["tasks=[rbd_bind,rbd_expr]"])
+    cfg = _compose(tmp_path, ["tasks=[rbd_bind,rbd_expr]", "save_best=rbd_expr/val_spearman"])
     model_dir = run(cfg)
+    assert (model_dir / "best" / "config.json").is_file()
     model = AutoModel.from_pretrained(model_dir)
     frame = rbd_slice(120)
     inputs = model.tokenize(list(frame["sequence"][:8]))
@@ -76,7 +77,7 @@ def test_train_saves_a_model_that_autoloads_and_predicts_in_original_units(tmp_p
         ("tasks.rbd_bind.leaf.type=potato", "tasks.rbd_bind.leaf.type"),
         ("data.rbd.source=/nonexistent/rbd.csv", "data.rbd.source"),
         ("+task_weights.nope=1.0", "task_weights.nope"),
-        ("corruption.protein.name=scramble", "corruption.protein.name"),
+        ("+corruption.protein.name=scramble", "corruption.protein.name"),
         ("strategy=sideways", "strategy"),
     ],
 )
