@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def theirs(*extra: str) -> dict:
         result = run_driver(original, "v1_driver.py", list(extra), args.original_pythonpath, args.timeout)
-        if Path(result["cortex_file"]).resolve().is_relative_to(REPO):
+        if Path(result["cortex_file"]).resolve().is_relative_to(REPO / "src"):
             raise RuntimeError(
                 f"the original's process imported this project's cortex ({result['cortex_file']})"
             )
