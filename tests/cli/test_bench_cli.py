@@ -34,6 +34,7 @@ def test_tiny_grid_writes_table_plot_summary(tmp_path):
         "loop.batch_size=8",
         "loop.num_rounds=2",
         "loop.num_epochs=1",
+        "loop.min_train_steps=0",
         "loop.lambo_steps=1",
         "loop.feature_dim=16",
     )

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import statistics
+import time
 
 import hydra
 import numpy as np
@@ -46,8 +48,43 @@ def _as_list(value, key: str) -> list:
     return values
 
 
+def run_one(problem_name: str, method: str, seed: int, loop_cfg: dict, initial_size, output_dir: str) -> dict:
+    """One (problem, method, seed) closed loop (resumable under output_dir/states/) -> its history and figures."""
+    problem = build_problem(problem_name, seed=seed, initial_size=initial_size)
+    config = LoopConfig(method=method, seed=seed, **loop_cfg)
+    state_dir = os.path.join(output_dir, "states", f"{problem_name}_{method}_s{seed}")
+    loop = ClosedLoop(problem, config, state_dir)
+    start = time.process_time()
+    result = loop.run()
+    proposed = result.rounds > 0
+    best = float(result.best_so_far[-1])
+    logger.info(
+        "%s %s seed %d: best %.4f after %d evaluations",
+        problem_name,
+        method,
+        seed,
+        best,
+        result.values.numel(),
+    )
+    return {
+        "history": result.history,
+        "best": best,
+        "feasible": float(torch.isfinite(result.values[proposed]).float().mean()),
+        "to_target": None if problem.target_value is None else result.evals_to_reach(problem.target_value),
+        "budget": loop.budget,
+        "stop_reason": loop.stop_reason,
+        "target_value": problem.target_value,
+        "cpu_s": time.process_time() - start,
+    }
+
+
+def _run_one_in_worker(args: tuple) -> dict:
+    torch.set_num_threads(args[-1])
+    return run_one(*args[:-1])
+
+
 def run_bench(cfg: DictConfig) -> dict:
-    """Runs the grid; returns the summary written to summary.json."""
+    """Runs the grid (in `num_workers` processes when > 1); returns the summary written to summary.json."""
     methods = _as_list(cfg.methods, "methods")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -55,49 +92,46 @@ def run_bench(cfg: DictConfig) -> dict:
     problems = _as_list(cfg.problems, "problems")
     seeds = [int(s) for s in _as_list(cfg.seeds, "seeds")]
     loop_cfg = OmegaConf.to_container(cfg.loop, resolve=True)
-    torch.set_num_threads(int(cfg.num_threads))
+    num_threads, num_workers = int(cfg.num_threads), int(cfg.get("num_workers", 1))
+    if num_workers < 1:
+        raise ValueError(f"bench num_workers is {num_workers}; expected an int >= 1")
     output_dir = cfg.output_dir
     os.makedirs(output_dir, exist_ok=True)
+    grid = [
+        (p, m, s, loop_cfg, cfg.initial_size, output_dir) for p in problems for m in methods for s in seeds
+    ]
+    for _problem, method, seed, *_ in grid:  # bad settings fail before any run starts
+        LoopConfig(method=method, seed=seed, **loop_cfg)
+    if num_workers == 1:
+        torch.set_num_threads(num_threads)
+        runs = [run_one(*args) for args in grid]
+    else:
+        # Spawned workers (no forked torch thread pools), each with num_threads threads.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(num_workers) as pool:
+            runs = pool.map(_run_one_in_worker, [(*args, num_threads) for args in grid], chunksize=1)
     rows, summary = [], {}
-    for problem_name in problems:
-        summary[problem_name] = {}
-        for method in methods:
-            finals, feasible, to_target = [], [], []
-            for seed in seeds:
-                problem = build_problem(problem_name, seed=seed, initial_size=cfg.initial_size)
-                config = LoopConfig(method=method, seed=seed, **loop_cfg)
-                state_dir = os.path.join(output_dir, "states", f"{problem_name}_{method}_s{seed}")
-                loop = ClosedLoop(problem, config, state_dir)
-                result = loop.run()
-                rows.extend(result.history)
-                finals.append(float(result.best_so_far[-1]))
-                proposed = result.rounds > 0
-                feasible.append(float(torch.isfinite(result.values[proposed]).float().mean()))
-                reach = None if problem.target_value is None else result.evals_to_reach(problem.target_value)
-                to_target.append(reach)
-                logger.info(
-                    "%s %s seed %d: best %.4f after %d evaluations",
-                    problem_name,
-                    method,
-                    seed,
-                    finals[-1],
-                    result.values.numel(),
-                )
-            reached = [r for r in to_target if r is not None]
-            summary[problem_name][method] = {
-                "median_best": statistics.median(finals),
-                "best_per_seed": finals,
-                "feasible_frac": statistics.mean(feasible),
-                "budget": loop.budget,
-                "stop_reasons": sorted({loop.stop_reason}),
-                "seeds": len(seeds),
-                "target_value": problem.target_value,
+    for (problem_name, method, *_), run in zip(grid, runs, strict=True):
+        rows.extend(run["history"])
+        summary.setdefault(problem_name, {}).setdefault(method, []).append(run)
+    for by_method in summary.values():
+        for method, method_runs in by_method.items():
+            to_target = [run["to_target"] for run in method_runs]
+            by_method[method] = {
+                "median_best": statistics.median(run["best"] for run in method_runs),
+                "best_per_seed": [run["best"] for run in method_runs],
+                "feasible_frac": statistics.mean(run["feasible"] for run in method_runs),
+                "budget": method_runs[0]["budget"],
+                "stop_reasons": sorted({run["stop_reason"] for run in method_runs}),
+                "seeds": len(method_runs),
+                "target_value": method_runs[0]["target_value"],
                 "evals_to_target": to_target,
                 # Runs that never reach the target count as infinitely many evaluations (median over all seeds).
                 "median_evals_to_target": statistics.median(
                     [math.inf if r is None else r for r in to_target]
                 ),
-                "num_reached_target": len(reached),
+                "num_reached_target": sum(r is not None for r in to_target),
+                "cpu_s_per_seed": [round(run["cpu_s"], 1) for run in method_runs],
             }
     table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     table.to_csv(os.path.join(output_dir, "results.csv"), index=False)
