@@ -155,16 +155,16 @@ def test_kmer_screen_keeps_feasible_mutants():
     positions = torch.randint(problem.length, (mutants.shape[0],), generator=generator)
     mutants[rows, positions] = torch.randint(len(problem.alphabet), (mutants.shape[0],), generator=generator)
     feasible = torch.isfinite(problem.black_box(problem.decode(mutants)))
-    kept = loop.kmer_supported(mutants)
+    kept = loop.unseen_kmers(mutants) == 0
     assert 64 <= int(kept.sum()) < kept.numel()
     assert (
         feasible.float().mean() < 0.8
     )  # random single mutations break a transition about a third of the time
     assert feasible[kept].float().mean() >= 0.95
-    assert loop.kmer_supported(loop.states).all()
+    assert (loop.unseen_kmers(loop.states) == 0).all()
     # Nothing measured feasible yet: nothing to compare with, every candidate passes.
     loop.values = torch.full_like(loop.values, -math.inf)
-    assert loop.kmer_supported(mutants).all()
+    assert (loop.unseen_kmers(mutants) == 0).all()
 
 
 def test_mlm_learns_only_from_feasible_rows(easy):

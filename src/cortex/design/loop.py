@@ -211,8 +211,9 @@ class LoopConfig:
     its inner blocks: the receptive field must span a motif with its spacings), warm_start (start from the
     previous round's weights).
     LaMBO-2: lambo_steps, num_mutations_per_step, max_guidance_updates, guidance_step_size, kl_weight;
-    kmer_screen (None: off; problems with a feasibility constraint only): a LaMBO-2 proposal is measured only if
-    each of its windows of this many consecutive tokens occurs in a measured feasible sequence. A screen that
+    kmer_screen (None: off; problems with a feasibility constraint only): LaMBO-2 proposals whose windows of
+    this many consecutive tokens all occur in measured feasible sequences are measured first (then those with
+    the fewest unseen windows). A screen that
     works from round 1, when the feasibility leaf has seen no infeasible example; an MLM pseudo-likelihood
     screen was tried first and kept infeasible mutants as often as random (60 % vs 62 % feasible, 128 DMP
     samples), see the report of the commit.
@@ -615,29 +616,33 @@ class ClosedLoop:
         )
         limit = min(remaining, cfg.batch_size)
         if cfg.kmer_screen is not None and self.problem.learn_feasibility:
+            # Candidates with no unseen k-mer first (in acquisition order), then the fewest unseen: the batch is
+            # filled even when the data are too few to cover the allowed k-mers.
             candidates = self._novel(proposals, proposals.shape[0])
-            supported = self.kmer_supported(candidates)
-            logger.info("k-mer screen: %d of %d candidates kept", int(supported.sum()), supported.numel())
-            novel = candidates[supported][:limit]
+            unseen = self.unseen_kmers(candidates)
+            logger.info(
+                "k-mer screen: %d of %d candidates fully seen", int((unseen == 0).sum()), unseen.numel()
+            )
+            novel = candidates[torch.sort(unseen, stable=True).indices[:limit]]
         else:
             novel = self._novel(proposals, limit)
         if novel.shape[0]:
             self._append(novel, self._evaluate(novel), self.round)
         return int(novel.shape[0])
 
-    def kmer_supported(self, states: torch.Tensor) -> torch.Tensor:
-        """(N,) bool for (N, L) states: every window of `kmer_screen` consecutive tokens occurs in some measured
-        feasible sequence (all True when none is measured yet)."""
+    def unseen_kmers(self, states: torch.Tensor) -> torch.Tensor:
+        """(N,) int64 for (N, L) states: how many windows of `kmer_screen` consecutive tokens occur in no measured
+        feasible sequence (all 0 when none is measured yet)."""
         k, size = self.config.kmer_screen, len(self.problem.alphabet)
         feasible = self.states[torch.isfinite(self.values)]
         if feasible.shape[0] == 0 or states.shape[0] == 0:
-            return torch.ones(states.shape[0], dtype=torch.bool)
+            return torch.zeros(states.shape[0], dtype=torch.int64)
         weights = size ** torch.arange(k, dtype=torch.int64)  # (k,) base-|alphabet| code of a window
 
         def codes(x: torch.Tensor) -> torch.Tensor:
             return (x.unfold(1, k, 1) * weights).sum(-1)  # (N, L - k + 1)
 
-        return torch.isin(codes(states), codes(feasible).unique()).all(-1)
+        return (~torch.isin(codes(states), codes(feasible).unique())).sum(-1)
 
     # ---- state -----------------------------------------------------------------------------------------------
 
