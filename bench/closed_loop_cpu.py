@@ -1,9 +1,10 @@
 """Turns cortex-bench summaries into bench/results/ehrlich.json and bench/results/gb1.json (issue 7 keys).
 
-The CPU-sized protocol this repository records (run with `cortex-bench`, see the report of the commit):
-    cortex-bench problems=[easy,gb1] methods=[lambo,ga,random] seeds=[0,1,2] loop.batch_size=64 \
-        loop.num_rounds=8 hydra.run.dir=<a>
-    cortex-bench problems=[medium,hard] ... hydra.run.dir=<b>
+The CPU-sized protocol this repository records (run with `cortex-bench` on the shared 2-core box; the sizes
+are what fitted there, see bench/results/*.json "protocol"):
+    cortex-bench problems=[easy] methods=[lambo,ga,random] seeds=[0,1,2] loop.batch_size=64 \
+        loop.num_rounds=6 num_workers=2 hydra.run.dir=<a>
+    cortex-bench problems=[gb1] ... hydra.run.dir=<b>
     python bench/closed_loop_cpu.py --summary <a>/summary.json <b>/summary.json --write-results
 """
 
@@ -40,6 +41,9 @@ def convert(summaries: list[dict]) -> tuple[dict, dict]:
                 else {}
             ),
             "ga_feasible_frac": ga["feasible_frac"],
+            "lambo_best_per_seed": lambo["best_per_seed"],
+            "ga_best_per_seed": ga["best_per_seed"],
+            **({"lambo_cpu_s_per_seed": lambo["cpu_s_per_seed"]} if "cpu_s_per_seed" in lambo else {}),
         }
     gb1 = {}
     if "gb1" in merged:

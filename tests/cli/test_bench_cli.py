@@ -35,6 +35,7 @@ def test_tiny_grid_writes_table_plot_summary(tmp_path):
         "loop.num_rounds=2",
         "loop.num_epochs=1",
         "loop.min_train_steps=0",
+        "num_workers=2",
         "loop.lambo_steps=1",
         "loop.feature_dim=16",
     )
