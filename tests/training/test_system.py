@@ -118,7 +118,10 @@ def test_per_task_strategy_takes_one_optimizer_step_per_task(tmp_path):
     system = NeuralTreeSystem(model, tasks, corruption, strategy="per_task")
     trainer = _trainer(tmp_path, [], max_epochs=1)
     trainer.fit(system, datamodule=datamodule)
-    batches = len(datamodule.train_dataloader())
+    loader = datamodule.train_dataloader()
+    iter(loader)  # a CombinedLoader knows its length once iterated
+    batches = len(loader)
+    assert batches > 0
     assert trainer.global_step == len(tasks) * batches
 
 

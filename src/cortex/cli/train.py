@@ -105,9 +105,10 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"strategy={cfg.strategy!r}; expected one of {STRATEGIES}")
     OptimizerConfig(**_container(cfg.optim))
-    if cfg.num_threads is not None and not (isinstance(cfg.num_threads, int) and cfg.num_threads >= 1):
+    num_threads = cfg.get("num_threads")
+    if num_threads is not None and not (isinstance(num_threads, int) and num_threads >= 1):
         raise ValueError(
-            f"num_threads={cfg.num_threads!r}; expected null (torch's default) or an integer >= 1"
+            f"num_threads={num_threads!r}; expected null (torch's default) or an integer >= 1"
         )
     if cfg.resume_from is not None and not Path(cfg.resume_from).is_file():
         raise ValueError(f"resume_from={cfg.resume_from!r} is not a file; expected a Lightning .ckpt")
@@ -159,7 +160,7 @@ def run(cfg: DictConfig) -> Path:
     """Trains what `cfg` describes; returns the save_pretrained directory."""
     pl.seed_everything(cfg.seed, workers=True)
     system, datamodule, trainer = build(cfg)
-    if cfg.num_threads is not None:
+    if cfg.get("num_threads") is not None:
         torch.set_num_threads(cfg.num_threads)
     datamodule.setup("fit")  # reads and checks every task's rows before training starts
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.resume_from)
