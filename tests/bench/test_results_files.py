@@ -24,7 +24,15 @@ REQUIRED_KEYS = {
     "lambo_rbd.json": {"gain_lambo", "gain_unguided", "gain_random", "steps", "seeds"},
     "ehrlich.json": {"easy", "medium", "hard"},
     "gb1.json": {"lambo_median_evals_to_top1pct", "ga_median_evals_to_top1pct", "seeds"},
-    "perf.json": {"train_ratio_a", "gpu_busy_a", "memory_ratio_a", "compile_speedup", "ddp2_scaling", "design_ratio_c", "gpu"},
+    "perf.json": {
+        "train_ratio_a",
+        "gpu_busy_a",
+        "memory_ratio_a",
+        "compile_speedup",
+        "ddp2_scaling",
+        "design_ratio_c",
+        "gpu",
+    },
     "reliability.json": {"fuzz_cases", "faults_injected", "resumes_verified", "failures", "predict_peak_mb"},
     "peft.json": {"lora_trainable_params", "full_trainable_params", "lora_metric", "full_metric", "metric"},
 }

@@ -107,9 +107,7 @@ def check_config(cfg: DictConfig) -> None:
     OptimizerConfig(**_container(cfg.optim))
     num_threads = cfg.get("num_threads")
     if num_threads is not None and not (isinstance(num_threads, int) and num_threads >= 1):
-        raise ValueError(
-            f"num_threads={num_threads!r}; expected null (torch's default) or an integer >= 1"
-        )
+        raise ValueError(f"num_threads={num_threads!r}; expected null (torch's default) or an integer >= 1")
     if cfg.resume_from is not None and not Path(cfg.resume_from).is_file():
         raise ValueError(f"resume_from={cfg.resume_from!r} is not a file; expected a Lightning .ckpt")
 

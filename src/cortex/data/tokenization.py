@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
@@ -27,7 +28,9 @@ PROTEIN_VOCAB: tuple[str, ...] = (
 CANONICAL_AMINO_ACIDS: str = "LAGVSERTIDPKQNFYMHWC"
 AMBIGUOUS_RESIDUES: str = "BUZO"
 # Tokens a corruption process may never change (spec 5.6: '-' and B/U/Z/O remain corruptible).
-PROTEIN_NOT_CORRUPTIBLE: frozenset[str] = frozenset({"<unk>", "<eos>", "<pad>", "<cls>", "<mask>", ".", "<null_1>"})
+PROTEIN_NOT_CORRUPTIBLE: frozenset[str] = frozenset(
+    {"<unk>", "<eos>", "<pad>", "<cls>", "<mask>", ".", "<null_1>"}
+)
 # Tokens a sampler may never propose (spec 7.2 step 3: '-' is samplable, ambiguous residues are not).
 PROTEIN_NOT_SAMPLABLE: frozenset[str] = PROTEIN_NOT_CORRUPTIBLE | frozenset(AMBIGUOUS_RESIDUES)
 
@@ -49,11 +52,13 @@ class ProteinTokenizer(PreTrainedTokenizerFast):
     `corruptible_token_mask` and `samplable_token_mask` are (V,) bool tensors indexed by token id.
     """
 
-    vocab_files_names: dict[str, str] = {"tokenizer_file": "tokenizer.json"}
-    model_input_names: list[str] = ["input_ids", "attention_mask"]
+    vocab_files_names: ClassVar[dict[str, str]] = {"tokenizer_file": "tokenizer.json"}
+    model_input_names: ClassVar[list[str]] = ["input_ids", "attention_mask"]
     padding_side = "right"
 
-    def __init__(self, tokenizer_file: str | None = None, tokenizer_object: Tokenizer | None = None, **kwargs):
+    def __init__(
+        self, tokenizer_file: str | None = None, tokenizer_object: Tokenizer | None = None, **kwargs
+    ):
         if tokenizer_object is None and tokenizer_file is None:
             tokenizer_object = _build_backend()
         kwargs.setdefault("cls_token", "<cls>")
@@ -129,7 +134,7 @@ def token_masks(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch
     special_ids = [i for i in tokenizer.all_special_ids if i is not None and 0 <= i < vocab_size]
     regular[special_ids] = False
     for token, index in tokenizer.get_vocab().items():
-        if token.startswith("[") and token.endswith("]") or token.startswith("<") and token.endswith(">"):
+        if (token.startswith("[") and token.endswith("]")) or (token.startswith("<") and token.endswith(">")):
             regular[index] = False
     return regular, regular.clone()
 
@@ -145,7 +150,9 @@ def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
 
     config_path = os.path.join(directory, "tokenizer_config.json")
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"no tokenizer_config.json in {directory!s}; expected a saved tokenizer directory")
+        raise FileNotFoundError(
+            f"no tokenizer_config.json in {directory!s}; expected a saved tokenizer directory"
+        )
     with open(config_path) as handle:
         tokenizer_class = json.load(handle).get("tokenizer_class")
     if tokenizer_class == ProteinTokenizer.__name__:
