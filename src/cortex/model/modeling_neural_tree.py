@@ -358,7 +358,9 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
         if getattr(model.config, "lora_adapters", None):
             from cortex.peft import freeze_lora_roots
 
-            freeze_lora_roots(model)  # loading re-creates parameters trainable; LoRA roots train adapters only
+            freeze_lora_roots(
+                model
+            )  # loading re-creates parameters trainable; LoRA roots train adapters only
         return (model, loading_info) if return_loading_info else model
 
 
