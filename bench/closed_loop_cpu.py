@@ -63,14 +63,70 @@ def convert(summaries: list[dict]) -> tuple[dict, dict]:
     return ehrlich, gb1
 
 
+def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
+    """cortex-bench-style summary from loop state files (`<dir>/states/<problem>_<method>_s<seed>/`), every run
+    cut at `budget` evaluations (None: the fewest any run reached, so unfinished runs compare at equal
+    budget)."""
+    import statistics
+
+    import torch
+    from safetensors.torch import load_file
+
+    from cortex.design.loop import STATE_FILE, build_problem
+
+    runs = {}
+    for directory in state_dirs:
+        for path in sorted(pathlib.Path(directory).glob(f"states/*/{STATE_FILE}")):
+            problem, rest = path.parent.name.split("_", 1)
+            method, seed = rest.rsplit("_s", 1)
+            values = load_file(str(path))["values"]
+            runs[(problem, method, int(seed))] = (values, load_file(str(path))["rounds"])
+    cut = budget or min(values.numel() for values, _ in runs.values())
+    summary: dict = {}
+    for (problem, method, seed), (values, rounds) in sorted(runs.items()):
+        values, rounds = values[:cut], rounds[:cut]
+        best = torch.nan_to_num(values, nan=-math.inf).cummax(0).values
+        target = build_problem(problem, seed=seed).target_value
+        hit = (best >= target).nonzero() if target is not None else torch.empty(0, 1)
+        entry = summary.setdefault(problem, {}).setdefault(method, {"runs": []})
+        entry["runs"].append(
+            {
+                "best": float(best[-1]),
+                "feasible": float(torch.isfinite(values[rounds > 0]).float().mean()),
+                "to_target": int(hit[0, 0]) + 1 if hit.numel() else None,
+                "target": target,
+            }
+        )
+    for methods in summary.values():
+        for method, entry in methods.items():
+            runs_ = entry["runs"]
+            to_target = [r["to_target"] for r in runs_]
+            methods[method] = {
+                "median_best": statistics.median(r["best"] for r in runs_),
+                "best_per_seed": [r["best"] for r in runs_],
+                "feasible_frac": statistics.mean(r["feasible"] for r in runs_),
+                "budget": cut,
+                "seeds": len(runs_),
+                "target_value": runs_[0]["target"],
+                "evals_to_target": to_target,
+                "median_evals_to_target": statistics.median(math.inf if r is None else r for r in to_target),
+            }
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--summary", nargs="+", default=[], help="summary.json files written by cortex-bench")
     parser.add_argument(
-        "--summary", nargs="+", required=True, help="summary.json files written by cortex-bench"
+        "--states", nargs="+", default=[], help="cortex-bench output dirs: read their run states"
     )
+    parser.add_argument("--budget", type=int, default=None, help="with --states: cut every run here")
     parser.add_argument("--write-results", action="store_true", help="write bench/results/{ehrlich,gb1}.json")
     args = parser.parse_args()
-    ehrlich, gb1 = convert([json.loads(pathlib.Path(p).read_text()) for p in args.summary])
+    summaries = [json.loads(pathlib.Path(p).read_text()) for p in args.summary]
+    if args.states:
+        summaries.append(summaries_from_states(args.states, args.budget))
+    ehrlich, gb1 = convert(summaries)
     print(json.dumps({"ehrlich": ehrlich, "gb1": gb1}, indent=2))
     if args.write_results:
         if ehrlich:
