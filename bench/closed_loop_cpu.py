@@ -43,6 +43,7 @@ def convert(summaries: list[dict]) -> tuple[dict, dict]:
             "ga_feasible_frac": ga["feasible_frac"],
             "lambo_best_per_seed": lambo["best_per_seed"],
             "ga_best_per_seed": ga["best_per_seed"],
+            "ga_seeds": ga["seeds"],
             **({"lambo_cpu_s_per_seed": lambo["cpu_s_per_seed"]} if "cpu_s_per_seed" in lambo else {}),
         }
     gb1 = {}
@@ -63,6 +64,41 @@ def convert(summaries: list[dict]) -> tuple[dict, dict]:
     return ehrlich, gb1
 
 
+def load_runs(state_dirs: list[str]) -> dict:
+    """(problem, method, seed) -> ((N,) values, (N,) rounds) from `<dir>/states/<problem>_<method>_s<seed>/`."""
+    from safetensors.torch import load_file
+
+    from cortex.design.loop import STATE_FILE
+
+    runs = {}
+    for directory in state_dirs:
+        for path in sorted(pathlib.Path(directory).glob(f"states/*/{STATE_FILE}")):
+            problem, rest = path.parent.name.split("_", 1)
+            method, seed = rest.rsplit("_s", 1)
+            tensors = load_file(str(path))
+            runs[(problem, method, int(seed))] = (tensors["values"], tensors["rounds"])
+    return runs
+
+
+def plot_states(state_dirs: list[str], budget: int | None, path: str) -> None:
+    """best_so_far PNG (cortex-bench's plot: median and min-max over seeds) from run states cut at `budget`."""
+    import pandas as pd
+    import torch
+
+    from cortex.cli.bench import RESULT_COLUMNS, plot_best_so_far
+
+    runs = load_runs(state_dirs)
+    cut = budget or min(values.numel() for values, _ in runs.values())
+    rows = []
+    for (problem, method, seed), (values, rounds) in sorted(runs.items()):
+        best = torch.nan_to_num(values[:cut], nan=-math.inf).cummax(0).values
+        for index in range(best.numel()):
+            rows.append(
+                (method, problem, seed, int(rounds[index]), index + 1, float(best[index]), None, None)
+            )
+    plot_best_so_far(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), path)
+
+
 def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
     """cortex-bench-style summary from loop state files (`<dir>/states/<problem>_<method>_s<seed>/`), every run
     cut at `budget` evaluations (None: the fewest any run reached, so unfinished runs compare at equal
@@ -70,17 +106,10 @@ def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
     import statistics
 
     import torch
-    from safetensors.torch import load_file
 
-    from cortex.design.loop import STATE_FILE, build_problem
+    from cortex.design.loop import build_problem
 
-    runs = {}
-    for directory in state_dirs:
-        for path in sorted(pathlib.Path(directory).glob(f"states/*/{STATE_FILE}")):
-            problem, rest = path.parent.name.split("_", 1)
-            method, seed = rest.rsplit("_s", 1)
-            values = load_file(str(path))["values"]
-            runs[(problem, method, int(seed))] = (values, load_file(str(path))["rounds"])
+    runs = load_runs(state_dirs)
     cut = budget or min(values.numel() for values, _ in runs.values())
     summary: dict = {}
     for (problem, method, seed), (values, rounds) in sorted(runs.items()):
@@ -121,11 +150,14 @@ def main() -> None:
         "--states", nargs="+", default=[], help="cortex-bench output dirs: read their run states"
     )
     parser.add_argument("--budget", type=int, default=None, help="with --states: cut every run here")
+    parser.add_argument("--plot", default=None, help="with --states: write the best-so-far PNG here")
     parser.add_argument("--write-results", action="store_true", help="write bench/results/{ehrlich,gb1}.json")
     args = parser.parse_args()
     summaries = [json.loads(pathlib.Path(p).read_text()) for p in args.summary]
     if args.states:
         summaries.append(summaries_from_states(args.states, args.budget))
+        if args.plot:
+            plot_states(args.states, args.budget, args.plot)
     ehrlich, gb1 = convert(summaries)
     print(json.dumps({"ehrlich": ehrlich, "gb1": gb1}, indent=2))
     if args.write_results:
