@@ -43,7 +43,9 @@ def hardware(args: argparse.Namespace) -> str:
     if args.accelerator == "gpu" and torch.cuda.is_available():
         device = f"{args.devices}x {torch.cuda.get_device_name(0)}"
     else:
-        device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        # With --parallel the trees train in worker processes: their thread count is --num-threads, not ours.
+        threads = args.num_threads or torch.get_num_threads()
+        device = f"CPU ({platform.processor() or platform.machine()}, {threads} threads per process)"
     return f"{device}; torch {torch.__version__}; precision {args.precision}"
 
 
