@@ -53,7 +53,9 @@ def _assert_fresh_process_equal(model, root_inputs, tmp_path):
         [*command, str(result_path)],
         check=True,
         capture_output=True,
-        env={**os.environ, "PYTHONHASHSEED": "7"},
+        # Same intra-op thread count as this process (earlier tests may have changed it), so reductions run
+        # in the same order and the outputs can be compared bit for bit.
+        env={**os.environ, "PYTHONHASHSEED": "7", "OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     from safetensors.torch import load_file
 
