@@ -130,6 +130,18 @@ class BlackBox(ABC):
         return state
 
 
+def check_token_batch(candidates: torch.Tensor, length: int, *, where: str) -> torch.Tensor:
+    """A (B, length) integer tensor of token ids as int64; TypeError for a float, complex or bool dtype and
+    ValueError for another shape, each naming `where`."""
+    if candidates.dtype.is_floating_point or candidates.dtype.is_complex or candidates.dtype == torch.bool:
+        raise TypeError(
+            f"{where} candidates have dtype {candidates.dtype}; expected an integer tensor of token ids"
+        )
+    if candidates.dim() != 2 or candidates.shape[1] != length:
+        raise ValueError(f"{where} candidates have shape {tuple(candidates.shape)}; expected (B, {length})")
+    return candidates.long()
+
+
 def check_string_batch(candidates: Any, *, where: str) -> list[str]:
     """Returns `candidates` as a list of strings, or raises TypeError naming what was passed instead."""
     if isinstance(candidates, str | bytes):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from cortex.benchmarks.blackbox import BlackBox, Candidates, check_string_batch
+from cortex.benchmarks.blackbox import BlackBox, Candidates, check_string_batch, check_token_batch
 
 # Softmax temperature and relative band width of the sparse transition matrix (the reference's constants).
 TRANSITION_SOFTMAX_TEMPERATURE = 0.5
@@ -250,18 +250,7 @@ class Ehrlich(BlackBox):
     def prepare(self, candidates: Candidates) -> torch.Tensor:
         """Checks a batch and returns it as a (B, L) int64 tensor of states."""
         if isinstance(candidates, torch.Tensor):
-            if (
-                candidates.dtype.is_floating_point
-                or candidates.dtype.is_complex
-                or candidates.dtype == torch.bool
-            ):
-                raise TypeError(
-                    f"Ehrlich candidates have dtype {candidates.dtype}; expected an integer tensor"
-                )
-            if candidates.dim() != 2 or candidates.shape[1] != self.dim:
-                raise ValueError(
-                    f"Ehrlich candidates have shape {tuple(candidates.shape)}; expected (B, {self.dim})"
-                )
+            candidates = check_token_batch(candidates, self.dim, where="Ehrlich")
             out_of_range = (candidates < 0) | (candidates >= self.num_states)
             if out_of_range.any():
                 row, position = (int(i) for i in out_of_range.nonzero()[0])

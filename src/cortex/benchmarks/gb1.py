@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cortex.benchmarks.blackbox import BlackBox, Candidates, check_string_batch
+from cortex.benchmarks.blackbox import BlackBox, Candidates, check_string_batch, check_token_batch
 from cortex.data.tokenization import CANONICAL_AMINO_ACIDS, PROTEIN_VOCAB
 
 GB1_WILD_TYPE = "MQYKLILNGKTLKGETTTEAVDAATAEKVFKQYANDNGVDGEWTYDDATKTFTVTE"
@@ -92,19 +92,7 @@ class GB1Oracle(BlackBox):
         """Checks a batch and returns (B, 56) ProteinTokenizer ids of canonical amino acids."""
         length = len(self.wild_type)
         if isinstance(candidates, torch.Tensor):
-            if (
-                candidates.dtype.is_floating_point
-                or candidates.dtype.is_complex
-                or candidates.dtype == torch.bool
-            ):
-                raise TypeError(
-                    f"GB1Oracle candidates have dtype {candidates.dtype}; expected token ids (int)"
-                )
-            if candidates.dim() != 2 or candidates.shape[1] != length:
-                raise ValueError(
-                    f"GB1Oracle candidates have shape {tuple(candidates.shape)}; expected (B, {length})"
-                )
-            ids = candidates.long()
+            ids = check_token_batch(candidates, length, where="GB1Oracle")
             in_vocab = (ids >= 0) & (ids < len(PROTEIN_VOCAB))
             canonical = in_vocab & (self._id_to_amino_acid[ids.clamp(0, len(PROTEIN_VOCAB) - 1)] >= 0)
             if not canonical.all():

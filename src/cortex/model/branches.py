@@ -17,7 +17,7 @@ from cortex.model.configuration_neural_tree import (
     MLPBranchConfig,
     TransformerBranchConfig,
 )
-from cortex.model.layers import Conv1dResidBlock, TransformerBlock, block_widths, build_pooling
+from cortex.model.layers import Conv1dResidBlock, block_widths, build_pooling, transformer_stack
 
 
 @dataclass
@@ -82,18 +82,7 @@ class TransformerBranchMember(nn.Module):
         super().__init__()
         widths = _branch_widths(config, in_dim)
         self.projection = _zero_block_projection(config, in_dim)
-        self.encoder = nn.ModuleList(
-            TransformerBlock(
-                w_in,
-                w_out,
-                config.num_heads,
-                dropout=config.dropout,
-                is_causal=config.is_causal,
-                block=config.block,
-                mask_padding=config.mask_padding_in_attention,
-            )
-            for w_in, w_out in widths
-        )
+        self.encoder = transformer_stack(widths, config)
         self.pooling = build_pooling(
             config.pooling,
             config.out_dim,

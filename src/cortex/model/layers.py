@@ -263,6 +263,23 @@ class AttentionPooling(nn.Module):
         return self.dropout(self.c_proj(_merge_heads(out)))[:, 0]  # (B, D)
 
 
+def transformer_stack(widths: list[tuple[int, int]], config) -> nn.ModuleList:
+    """TransformerBlocks for (in, out) `widths`, configured by a transformer root or branch config
+    (num_heads, dropout, is_causal, block, mask_padding_in_attention)."""
+    return nn.ModuleList(
+        TransformerBlock(
+            w_in,
+            w_out,
+            config.num_heads,
+            dropout=config.dropout,
+            is_causal=config.is_causal,
+            block=config.block,
+            mask_padding=config.mask_padding_in_attention,
+        )
+        for w_in, w_out in widths
+    )
+
+
 def build_pooling(pooling: str, dim: int, num_heads: int = 4, mask_padding: bool = True) -> nn.Module:
     """The pooling module named `pooling` (one of POOLING_TYPES) for width `dim`."""
     if pooling == "mean":

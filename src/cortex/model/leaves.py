@@ -156,7 +156,7 @@ class Leaf(nn.Module):
         self, output: ModelOutput, root_outputs: dict[str, RootOutput], labels: torch.Tensor | None
     ) -> torch.Tensor:
         """The leaf's loss inside a tree forward (labels as in the leaf's `loss`)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement tree_loss")
 
 
 class RegressorLeaf(Leaf):

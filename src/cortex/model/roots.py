@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModel
 from transformers.utils import ModelOutput
 
 from cortex.model.configuration_neural_tree import Conv1dRootConfig, HFRootConfig, TransformerRootConfig
-from cortex.model.layers import Conv1dResidBlock, TransformerBlock, block_widths, sinusoidal_table
+from cortex.model.layers import Conv1dResidBlock, block_widths, sinusoidal_table, transformer_stack
 
 CORRUPTION_TARGETS: tuple[str, ...] = ("ids", "embeds")
 
@@ -191,7 +191,7 @@ class NativeRoot(Root):
         return self.run_encoder(self.dropout(self.pos_encoder(embeds)), attention_mask)
 
     def run_encoder(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement run_encoder")
 
 
 class PositionTable(nn.Module):
@@ -213,18 +213,7 @@ class TransformerRoot(NativeRoot):
     ):
         super().__init__(config, vocab_size, pad_token_id, corruptible_token_mask)
         widths = block_widths(config.embed_dim, config.channel_dim, config.out_dim, config.num_blocks)
-        self.encoder = nn.ModuleList(
-            TransformerBlock(
-                w_in,
-                w_out,
-                config.num_heads,
-                dropout=config.dropout,
-                is_causal=config.is_causal,
-                block=config.block,
-                mask_padding=config.mask_padding_in_attention,
-            )
-            for w_in, w_out in widths
-        )
+        self.encoder = transformer_stack(widths, config)
 
     def run_encoder(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         for block in self.encoder:
