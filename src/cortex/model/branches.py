@@ -66,6 +66,10 @@ class Conv1dBranchMember(nn.Module):
         )
         self.pooling = build_pooling(config.pooling, config.out_dim, config.num_pooling_heads)
 
+    def receptive_radius(self) -> int:
+        """Radius of the per-position features: the sum of the blocks' radii (0 without blocks)."""
+        return sum(block.receptive_radius for block in self.encoder)
+
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = attention_mask.to(x.dtype)
         h = self.projection(x).transpose(1, 2)  # (B, C, L)
@@ -90,6 +94,10 @@ class TransformerBranchMember(nn.Module):
             mask_padding=config.mask_padding_in_attention,
         )
 
+    def receptive_radius(self) -> int | None:
+        """0 without blocks (a per-position projection); None (global) with attention blocks."""
+        return 0 if len(self.encoder) == 0 else None
+
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.projection(x)
         for block in self.encoder:
@@ -110,6 +118,10 @@ class MLPBranchMember(nn.Module):
         layers.append(nn.Linear(width, config.out_dim))
         self.encoder = nn.Sequential(*layers)
         self.pooling = build_pooling(config.pooling, config.out_dim, config.num_pooling_heads)
+
+    def receptive_radius(self) -> int:
+        """0: the MLP acts per position."""
+        return 0
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
@@ -132,6 +144,12 @@ class Branch(nn.Module):
         self.out_dim = config.out_dim
         member_class = MEMBER_CLASSES[type(config)]
         self.members = nn.ModuleList(member_class(config, in_dim) for _ in range(config.ensemble_size))
+
+    def receptive_radius(self) -> int | None:
+        """R such that every member's per-position features (`last_hidden_state`) at i depend on the trunk
+        features only at [i - R, i + R]; None when global. `pooled` is always global. Members share one config,
+        so the first member answers for all."""
+        return self.members[0].receptive_radius()
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> BranchOutput:
         """hidden_states (B, L, D), attention_mask (B, L) -> BranchOutput with leading ensemble dim E."""

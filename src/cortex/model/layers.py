@@ -65,6 +65,12 @@ class MaskLayerNorm1d(nn.Module):
         return (x - mean) * (self.weight / std) + self.bias
 
 
+def same_padding_radius(kernel_size: int, dilation: int = 1) -> int:
+    """Farthest offset (in positions, either side) that a "same"-padded Conv1d output reads from its input:
+    ceil(dilation * (kernel_size - 1) / 2) (PyTorch puts the odd extra pad of an even kernel on the right)."""
+    return -(-dilation * (kernel_size - 1) // 2)
+
+
 class Conv1dResidBlock(nn.Module):
     """Residual block of two "same" 1-D convolutions on channel-first features (spec 2.1).
 
@@ -99,6 +105,12 @@ class Conv1dResidBlock(nn.Module):
             else nn.Identity()
         )
         self.dropout = nn.Dropout(dropout)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Output position i reads inputs only at [i - R, i + R]: two convolutions; norms, masks and the
+        projection act per position."""
+        return 2 * same_padding_radius(self.conv_1.kernel_size[0], self.conv_1.dilation[0])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask[:, None, :]  # (B, 1, L)

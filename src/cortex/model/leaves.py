@@ -152,6 +152,11 @@ class Leaf(nn.Module):
 
     branch: str
 
+    def receptive_radius(self) -> int | None:
+        """0 when the output at position i reads the branch's features at i alone; None (the default) when the
+        leaf reads pooled features."""
+        return None
+
     def tree_loss(
         self, output: ModelOutput, root_outputs: dict[str, RootOutput], labels: torch.Tensor | None
     ) -> torch.Tensor:
@@ -277,6 +282,10 @@ class LanguageModelLeaf(Leaf):
         self.members = nn.ModuleList(
             _head(in_dim, vocab_size, config.num_layers, config.layernorm) for _ in range(ensemble_size)
         )
+
+    def receptive_radius(self) -> int:
+        """0: the heads act per position."""
+        return 0
 
     def forward(self, branch_output: BranchOutput) -> LanguageModelOutput:
         features = branch_output.last_hidden_state  # (E, B, L, D)

@@ -30,6 +30,7 @@ ROOT_INPUT_KEYS: tuple[str, ...] = (
     "inputs_embeds",
     "noise_level",
     "is_corruptible",
+    "position_ids",
 )
 
 
@@ -176,6 +177,28 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
         if root not in self.roots:
             raise ValueError(f"unknown root {root!r}; roots are {list(self.roots)}")
         return root
+
+    # ---- receptive field --------------------------------------------------------------------------------------
+
+    def receptive_radius(self, root: str, leaf: str) -> int | None:
+        """R such that the outputs of `leaf` at position i depend on the inputs of `root` only at positions
+        [i - R, i + R] (given the same `position_ids` and the other roots' inputs), or None when they may depend
+        on any position: attention or hf roots and branches, and leaves reading pooled features. In eval mode a
+        forward of the window [i - R, i + R] (clipped to the sequence; positions kept through `position_ids`)
+        then gives the same outputs at i as the full sequence. Computed from the nodes: root radius + branch
+        radius + leaf radius (the trunk merges roots per position)."""
+        self._single_root(root)
+        if leaf not in self.leaves:
+            raise ValueError(f"unknown leaf {leaf!r}; leaves are {list(self.leaves)}")
+        if root not in self.config.trunk_config.roots:
+            raise ValueError(
+                f"root {root!r} does not feed the trunk (trunk roots {self.config.trunk_config.roots}); "
+                "expected a trunk root"
+            )
+        node = self.leaves[leaf]
+        radii = [self.roots[root].receptive_radius(), self.branches[node.branch].receptive_radius()]
+        radii.append(node.receptive_radius())
+        return None if any(r is None for r in radii) else sum(radii)
 
     # ---- corruption ------------------------------------------------------------------------------------------
 

@@ -81,6 +81,11 @@ class Root(nn.Module):
         self.ids_corruption: nn.Module = IdentityCorruption()
         self.embeds_corruption: nn.Module = IdentityCorruption()
 
+    def receptive_radius(self) -> int | None:
+        """R such that output position i depends on the inputs only at positions [i - R, i + R] (given the
+        same `position_ids`), or None when an output may depend on any position (the default: attention)."""
+        return None
+
     def attach_corruption(self, process: nn.Module) -> None:
         """Makes `process` (an nn.Module with `add_noise` and `acts_on` in CORRUPTION_TARGETS) this root's noise."""
         acts_on = getattr(process, "acts_on", None)
@@ -99,10 +104,13 @@ class Root(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         noise_level: torch.Tensor | None = None,
         is_corruptible: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> RootOutput:
         """input_ids (B, L) long or inputs_embeds (B, L, De); attention_mask (B, L), 1 = real token (default: ids
         that are not pad, or all ones for embeddings); noise_level (B,) in [0, 1] (default 0 = clean);
-        is_corruptible (B, L) bool (default: real tokens whose id is corruptible)."""
+        is_corruptible (B, L) bool (default: real tokens whose id is corruptible); position_ids (B, L) long:
+        absolute position of each token in [0, max_length] (default: 0 .. L - 1), so a window cut from a longer
+        sequence keeps its positions (native roots only)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("root inputs need exactly one of input_ids or inputs_embeds")
         reference = input_ids if input_ids is not None else inputs_embeds
@@ -141,7 +149,7 @@ class Root(nn.Module):
             embeds = inputs_embeds
         embeds, corrupted_embeds = self.embeds_corruption.add_noise(embeds, noise_level, is_corruptible)
         return RootOutput(
-            last_hidden_state=self.encode(embeds, attention_mask),
+            last_hidden_state=self.encode(embeds, attention_mask, position_ids),
             attention_mask=attention_mask,
             inputs_embeds=embeds,
             clean_ids=input_ids,
@@ -171,7 +179,7 @@ class NativeRoot(Root):
         self.normalize_embeddings = config.normalize_embeddings
         self.tok_encoder = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_token_id)
         self.pos_encoder = (
-            PositionTable(config.max_length, config.embed_dim) if config.pos_encoding else nn.Identity()
+            PositionTable(config.max_length, config.embed_dim) if config.pos_encoding else NoPositions()
         )
         self.dropout = nn.Dropout(config.dropout)
         self._init_pipeline(corruptible_token_mask)
@@ -187,22 +195,34 @@ class NativeRoot(Root):
             embeds = embeds / norm * math.sqrt(self.embed_dim)
         return embeds
 
-    def encode(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.run_encoder(self.dropout(self.pos_encoder(embeds)), attention_mask)
+    def encode(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.run_encoder(self.dropout(self.pos_encoder(embeds, position_ids)), attention_mask)
 
     def run_encoder(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement run_encoder")
 
 
 class PositionTable(nn.Module):
-    """x (B, L, D) + pe[:, :L]; `pe` (1, max_length + 1, D) is trainable and initialised sinusoidally."""
+    """x (B, L, D) + pe[:, :L] (or + pe[0, position_ids] for position_ids (B, L)); `pe` (1, max_length + 1, D) is
+    trainable and initialised sinusoidally."""
 
     def __init__(self, max_length: int, dim: int):
         super().__init__()
         self.pe = nn.Parameter(sinusoidal_table(max_length + 1, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pe[:, : x.shape[1]]
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if position_ids is None:
+            return x + self.pe[:, : x.shape[1]]
+        return x + self.pe[0, position_ids]  # (B, L, D)
+
+
+class NoPositions(nn.Module):
+    """The position encoder of a root configured without one (pos_encoding=False): returns x unchanged."""
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return x
 
 
 class TransformerRoot(NativeRoot):
@@ -242,6 +262,10 @@ class Conv1dRoot(NativeRoot):
             )
             for index, (w_in, w_out) in enumerate(widths)
         )
+
+    def receptive_radius(self) -> int:
+        """Sum of the blocks' radii: embeddings, positions and dropout act per position."""
+        return sum(block.receptive_radius for block in self.encoder)
 
     def run_encoder(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.to(x.dtype)
@@ -302,7 +326,14 @@ class HFRoot(Root):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 
-    def encode(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if position_ids is not None:
+            raise ValueError(
+                "hf roots take no position_ids (their models number positions in their own convention); "
+                "expected position_ids=None"
+            )
         return self.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
 
 
