@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--widths", default=None, help="override workload a's widths, e.g. 32,128")
     parser.add_argument("--batch-size", type=int, default=None, help="override workload a's batch size")
     parser.add_argument("--rows", type=int, default=None, help="override the number of GFP rows loaded")
+    parser.add_argument("--roots", default="conv1d,transformer", help="workload a's roots, e.g. conv1d")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled runs (cuda)")
+    parser.add_argument("--no-ddp", action="store_true", help="skip the 2-GPU DDP runs (cuda)")
     args = parser.parse_args(argv)  # fmt: skip
     workloads = set(args.workloads.split(","))
     if not workloads <= {"a", "b", "c"}:
@@ -149,8 +152,17 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("batch_size", "rows"):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
+    if args.no_compile:
+        size["compile"] = False
     cuda = args.device == "cuda"
     rows: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        """Appends a finished row and rewrites --out at once, so a run cut short keeps what it measured."""
+        rows.append(row)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as handle:
+            json.dump(summarize(rows, args), handle, indent=1)
 
     def ours(*extra: str) -> dict:
         return run_driver(args.ours_python, "ours_driver.py", list(extra), args.ours_pythonpath, args.timeout)
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_common = ["train", "--device", args.device, "--batch-size", str(size["batch_size"]),
                     "--rows", str(size["rows"]), *size["train_steps"]]  # fmt: skip
     if "a" in workloads:
-        for root in ("conv1d", "transformer"):
+        for root in args.roots.split(","):
             for width in size["widths"]:
                 config = f"a {root} w{width} b{size['batch_size']}"
                 mine = ours(*train_common, "--root", root, "--width", str(width),
@@ -179,10 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
                 if size["compile"]:
                     row["ours_compiled"] = ours(*train_common, "--root", root, "--width", str(width),
                                                 "--num-workers", str(size["num_workers"]), "--compile")  # fmt: skip
-                if cuda and root == "conv1d" and _device_count(args.ours_python) >= 2:
+                if cuda and not args.no_ddp and root == "conv1d" and _device_count(args.ours_python) >= 2:
                     row["ours_ddp2"] = ours(*train_common, "--root", root, "--width", str(width),
                                             "--num-workers", str(size["num_workers"]), "--devices", "2")  # fmt: skip
-                rows.append(row)
+                record(row)
     if "b" in workloads and size["b"] is not None:
         width, blocks = size["b"]
         b_args = [*train_common, "--root", "transformer", "--width", str(width), "--num-blocks", str(blocks),
@@ -191,14 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
                "original": None, "note": "pytorch-cortex 0.0.4 ships no TransformerRoot: ours only"}  # fmt: skip
         if size["compile"]:
             row["ours_compiled"] = ours(*b_args, "--compile")
-        rows.append(row)
+        record(row)
     if "c" in workloads:
         design = ["design", *size["design_cpu"]]
         row = {"workload": "c", "config": "c LaMBO-2 step, CPU", "ours": ours(*design, "--device", "cpu"),
                "original": theirs(*design) if original else None}  # fmt: skip
-        rows.append(row)
+        record(row)
         if size["design_device"] is not None:
-            rows.append(
+            record(
                 {
                     "workload": "c",
                     "config": "c LaMBO-2 step, ours on CUDA (original: CPU only)",
