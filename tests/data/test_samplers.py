@@ -1,5 +1,5 @@
 """Round-robin minority upsampling: parity with the original (tests/parity/round_robin.json), balance on a real
-imbalanced label, epochs and distributed shards."""
+imbalanced label, epochs, distributed shards, and the saved position a mid-epoch resume restores."""
 
 import collections
 import json
@@ -100,3 +100,52 @@ def test_bad_arguments_raise():
         group_indices(["a", None])
     with pytest.raises(ValueError, match="epoch=-1"):
         EpochShuffleSampler(3).set_epoch(-1)
+
+
+def _samplers(rank=0, world_size=1):
+    groups = [list(range(0, 11)), list(range(11, 14)), [14, 15]]
+    return [
+        MinorityUpsampler(groups, seed=3, rank=rank, world_size=world_size),
+        EpochShuffleSampler(13, seed=3, rank=rank, world_size=world_size),
+    ]
+
+
+@pytest.mark.parametrize("taken", [0, 1, 4, 100])
+@pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (1, 2)])
+def test_sampler_state_round_trip_yields_the_remaining_indices(taken, rank, world_size):
+    for sampler, fresh in zip(_samplers(rank, world_size), _samplers(rank, world_size), strict=True):
+        sampler.set_epoch(2)
+        epoch = list(sampler)
+        taken = min(taken, len(epoch))
+        iterator = iter(sampler)
+        head = [next(iterator) for _ in range(taken)]
+        state = sampler.state_dict()
+        assert state == {"epoch": 2, "num_yielded": taken}
+        fresh.load_state_dict(state)
+        assert fresh.state_dict() == state  # a pending position is what a checkpoint taken now would hold
+        assert fresh.epoch == 2 and len(fresh) == len(epoch)
+        assert head + list(fresh) == epoch
+        assert fresh.state_dict() == {"epoch": 2, "num_yielded": len(epoch)}
+        # The position applies once: the next iteration is the whole epoch again.
+        assert list(fresh) == epoch
+
+
+def test_sampler_position_is_dropped_when_another_epoch_starts():
+    for sampler, fresh in zip(_samplers(), _samplers(), strict=True):
+        sampler.set_epoch(1)
+        iterator = iter(sampler)
+        next(iterator), next(iterator)
+        fresh.load_state_dict(sampler.state_dict())
+        fresh.set_epoch(2)
+        sampler.set_epoch(2)
+        assert list(fresh) == list(sampler)
+
+
+def test_bad_sampler_state_raises_naming_the_value():
+    for sampler in _samplers():
+        with pytest.raises(ValueError, match=r"num_yielded=99 for epoch 0; expected 0 <= num_yielded <= "):
+            sampler.load_state_dict({"epoch": 0, "num_yielded": 99})
+        with pytest.raises(ValueError, match=r"got keys \['epoch'\]"):
+            sampler.load_state_dict({"epoch": 0})
+        with pytest.raises(ValueError, match="epoch=-1"):
+            sampler.load_state_dict({"epoch": -1, "num_yielded": 0})

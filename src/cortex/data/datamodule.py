@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from cortex.data.collate import RootEncoder, TreeCollator
-from cortex.data.samplers import EpochShuffleSampler, MinorityUpsampler, group_indices
+from cortex.data.samplers import EpochShuffleSampler, MinorityUpsampler, ResumableSampler, group_indices
 from cortex.data.tables import SPLITS, TableData, require_columns
 from cortex.data.tokenization import load_tokenizer
 
@@ -40,6 +40,69 @@ class RowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {column: values[index] for column, values in self.columns.items()}
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `ResumableSampler` whose position Lightning saves in its checkpoints.
+
+    Lightning's fit loop stores `state_dict()` of every train loader that has one (`_Stateful`) and, when a
+    run restarts mid-epoch, calls `load_state_dict` before iterating again; the resumed iteration then yields
+    exactly the batches the interrupted one had left (the sampler skips `batches_yielded * batch_size`
+    indices, so no skipped batch is collated, and `num_workers` makes no difference).
+
+    State: {"epoch": the epoch of the current iteration, "batches_yielded": batches handed to the consumer}.
+    Counting happens in the main process, so it does not see worker prefetching; it counts what the consumer
+    took, which is what the training loop has trained on (Lightning does not prefetch from a loader of known
+    length). `iter()` is lazy: the sampler's epoch is read at the first batch, after Lightning's `set_epoch`.
+    `len()` stays the full epoch length (Lightning counts the resumed epoch's batches from its own progress).
+    """
+
+    def __init__(
+        self, dataset: Dataset, *, sampler: ResumableSampler, batch_size: int, **kwargs: Any
+    ) -> None:
+        super().__init__(dataset, sampler=sampler, batch_size=batch_size, **kwargs)
+        self._epoch = sampler.epoch
+        self._batches_yielded = 0
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self._epoch, self._batches_yielded = self.sampler.epoch, 0
+        return self._batches()
+
+    def _batches(self) -> Iterator[Any]:
+        epoch, skip = self.sampler.epoch, 0
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            skip = self._resume["batches_yielded"]
+            indices = min(skip * self.batch_size, len(self.sampler))
+            self.sampler.load_state_dict({"epoch": epoch, "num_yielded": indices})
+        self._resume = None
+        self._epoch, self._batches_yielded = epoch, skip
+        for batch in super().__iter__():
+            self._batches_yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """{"epoch", "batches_yielded"}: plain ints (checkpoints load with `torch.load(weights_only=True)`)."""
+        if self._resume is not None:
+            return dict(self._resume)
+        return {"epoch": self._epoch, "batches_yielded": self._batches_yielded}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Sets the sampler's epoch and makes the next iteration of that epoch start after `batches_yielded`."""
+        if set(state_dict) != {"epoch", "batches_yielded"}:
+            raise ValueError(
+                f"ResumableDataLoader.load_state_dict got keys {sorted(state_dict)}; "
+                "expected ['batches_yielded', 'epoch']"
+            )
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches_yielded"])
+        self.sampler.set_epoch(epoch)
+        if not 0 <= batches <= len(self):
+            raise ValueError(
+                f"ResumableDataLoader.load_state_dict got batches_yielded={batches} for epoch {epoch}; expected "
+                f"0 <= batches_yielded <= {len(self)} (the epoch's batches: was the checkpoint written with "
+                "other data, batch size, seed or world size?)"
+            )
+        self._resume = {"epoch": epoch, "batches_yielded": batches}
 
 
 def tokenizers_from_model(model: Any) -> tuple[dict[str, PreTrainedTokenizerBase], dict[str, int | None]]:
@@ -228,21 +291,26 @@ class TreeDataModule(L.LightningDataModule):
         index = [task.name for task in self.tasks].index(task_name)
         task = self.tasks[index]
         frame = self.frames[task_name][split]
+        dataset = RowDataset(frame, self._columns(task))
+        options = {
+            "collate_fn": self.collators[task_name],
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
         if split == "train":
-            sampler, batch_size, drop_last = self.train_sampler(index), self.batch_size, self.drop_last
-        else:
-            rank, world_size = self._distributed()
-            sampler = EpochShuffleSampler(len(frame), shuffle=False, rank=rank, world_size=world_size)
-            batch_size, drop_last = self.eval_batch_size, False
+            # Resumable: a mid-epoch checkpoint restores this loader's position (see ResumableDataLoader).
+            return ResumableDataLoader(
+                dataset,
+                sampler=self.train_sampler(index),
+                batch_size=self.batch_size,
+                drop_last=self.drop_last,
+                **options,
+            )
+        rank, world_size = self._distributed()
+        sampler = EpochShuffleSampler(len(frame), shuffle=False, rank=rank, world_size=world_size)
         return DataLoader(
-            RowDataset(frame, self._columns(task)),
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=self.collators[task_name],
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=drop_last,
-            persistent_workers=self.num_workers > 0,
+            dataset, batch_size=self.eval_batch_size, sampler=sampler, drop_last=False, **options
         )
 
     def _combined(self, split: str, mode: str) -> CombinedLoader:

@@ -46,7 +46,71 @@ def _shard(indices: list[int], rank: int, world_size: int) -> list[int]:
     return padded[rank::world_size]
 
 
-class MinorityUpsampler(Sampler[int]):
+class ResumableSampler(Sampler[int]):
+    """A sampler whose epoch order is a pure function `epoch_indices(epoch)` and whose position can be saved.
+
+    State: {"epoch": the epoch of the current (or last) iteration, "num_yielded": indices it has yielded}.
+    `load_state_dict(state)` makes the next `__iter__` skip the first `num_yielded` indices of epoch
+    `state["epoch"]`, if that is still the epoch set when the iteration starts (a different epoch starts from
+    its beginning: the saved position belongs to the other epoch). `__len__` stays the full epoch length.
+    Subclasses implement `epoch_indices(epoch) -> list[int]` and call `super().__init__()`.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self._iter_epoch = 0
+        self._num_yielded = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"set_epoch got epoch={epoch}; expected a non-negative integer")
+        self.epoch = epoch
+
+    def epoch_indices(self, epoch: int | None = None) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} must implement epoch_indices(epoch) -> list[int]")
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.epoch_indices(self.epoch)
+        start = 0
+        if self._resume is not None:
+            epoch, start = self._resume
+            self._resume = None
+            start = start if epoch == self.epoch else 0
+        self._iter_epoch, self._num_yielded = self.epoch, start
+        return self._yield_from(indices, start)
+
+    def _yield_from(self, indices: list[int], start: int) -> Iterator[int]:
+        for index in indices[start:]:
+            self._num_yielded += 1
+            yield index
+
+    def __len__(self) -> int:
+        return len(self.epoch_indices())
+
+    def state_dict(self) -> dict[str, int]:
+        """{"epoch", "num_yielded"}: plain ints (checkpoints load with `torch.load(weights_only=True)`)."""
+        if self._resume is not None:
+            return {"epoch": self._resume[0], "num_yielded": self._resume[1]}
+        return {"epoch": self._iter_epoch, "num_yielded": self._num_yielded}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Sets the epoch to `state_dict["epoch"]` and resumes its next iteration after `num_yielded` indices."""
+        where = f"{type(self).__name__}.load_state_dict"
+        if set(state_dict) != {"epoch", "num_yielded"}:
+            raise ValueError(f"{where} got keys {sorted(state_dict)}; expected ['epoch', 'num_yielded']")
+        epoch, num_yielded = int(state_dict["epoch"]), int(state_dict["num_yielded"])
+        self.set_epoch(epoch)
+        length = len(self)
+        if not 0 <= num_yielded <= length:
+            raise ValueError(
+                f"{where} got num_yielded={num_yielded} for epoch {epoch}; expected 0 <= num_yielded <= {length} "
+                "(the epoch's length: was the checkpoint written with other data, seed or world size?)"
+            )
+        self._resume = (epoch, num_yielded)
+
+
+class MinorityUpsampler(ResumableSampler):
     """Round-robin over groups of row indices, cycling the smaller groups until the largest is exhausted.
 
     Args:
@@ -70,6 +134,7 @@ class MinorityUpsampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
                 f"MinorityUpsampler got rank={rank}, world_size={world_size}; expected 0 <= rank < world_size"
@@ -81,15 +146,9 @@ class MinorityUpsampler(Sampler[int]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
         # RNG state at the start of each epoch already reached: epochs replay from the nearest one.
         self._rng_states: dict[int, Any] = {0: random.Random(seed).getstate()}
         self._cached: tuple[int, list[int]] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise ValueError(f"set_epoch got epoch={epoch}; expected a non-negative integer")
-        self.epoch = epoch
 
     def _shuffled_groups(self, epoch: int) -> list[list[int]]:
         start = max(e for e in self._rng_states if e <= epoch)
@@ -115,14 +174,8 @@ class MinorityUpsampler(Sampler[int]):
         self._cached = (epoch, indices)
         return indices
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices())
 
-    def __len__(self) -> int:
-        return len(self.epoch_indices())
-
-
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(ResumableSampler):
     """A seeded permutation of range(num_rows) per epoch, sharded like torch's DistributedSampler.
 
     Epoch e's order is `torch.randperm(num_rows, generator=manual_seed(seed + e))`, so it depends only on
@@ -133,6 +186,7 @@ class EpochShuffleSampler(Sampler[int]):
     def __init__(
         self, num_rows: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
     ) -> None:
+        super().__init__()
         if num_rows < 0:
             raise ValueError(f"EpochShuffleSampler got num_rows={num_rows}; expected >= 0")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -144,12 +198,6 @@ class EpochShuffleSampler(Sampler[int]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise ValueError(f"set_epoch got epoch={epoch}; expected a non-negative integer")
-        self.epoch = epoch
 
     def epoch_indices(self, epoch: int | None = None) -> list[int]:
         epoch = self.epoch if epoch is None else epoch
@@ -159,9 +207,6 @@ class EpochShuffleSampler(Sampler[int]):
         else:
             order = list(range(self.num_rows))
         return _shard(order, self.rank, self.world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices())
 
     def __len__(self) -> int:
         return -(-self.num_rows // self.world_size) if self.num_rows else 0

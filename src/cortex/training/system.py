@@ -230,6 +230,13 @@ class NeuralTreeSystem(pl.LightningModule):
         index = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
         return (self.seed * 1_000_003 + index) * 1_009 + self.global_rank
 
+    def on_train_start(self) -> None:
+        # Mid-epoch resume: Lightning restores the train loaders' positions (ResumableDataLoader.state_dict)
+        # only when it builds them after restoring the checkpoint; configure_optimizers builds them earlier
+        # (estimated_stepping_batches), so apply the restored positions now, before the first batch. A no-op
+        # when there is nothing to restore or Lightning already did it (it empties the pending list).
+        self.trainer.fit_loop._load_combined_loader_states()
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         torch.manual_seed(self._batch_seed() % (2**63))
 
