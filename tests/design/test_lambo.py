@@ -10,6 +10,7 @@ import torch
 
 from cortex.design.constraints import DesignConstraints
 from cortex.design.lambo import LaMBO2, LaMBO2Config
+from cortex.design.pll import pll_from_terms
 from cortex.design.state import DesignState
 from cortex.design.tree_objectives import LeafMean
 
@@ -177,43 +178,49 @@ def test_acquisition_objective_binds_leaves(tiny_model, rbd_seeds):
 
 class PlainLaMBO2(LaMBO2):
     """The algorithm without PLL shortcuts: the starting population is rescored every step and every proposal's
-    PLL is computed. Counts the sequences it scores."""
+    PLL is computed at every included position. Counts the occlusions it scores."""
 
-    scored_rows = 0
+    scored_pairs = 0
 
-    def pseudo_log_likelihood(self, input_ids, attention_mask, is_excluded):
-        type(self).scored_rows += input_ids.shape[0]
-        return super().pseudo_log_likelihood(input_ids, attention_mask, is_excluded)
+    def pll_terms(self, input_ids, attention_mask, positions):
+        type(self).scored_pairs += int(positions.sum())
+        return super().pll_terms(input_ids, attention_mask, positions)
 
     def proposal_scores(
-        self, proposal, proposal_objective, candidates, candidate_pll, reference, mask, excluded
+        self, proposal, proposal_objective, candidates, candidate_terms, reference, mask, excluded
     ):
-        pll = self.pseudo_log_likelihood(proposal, mask, excluded)
-        return self.blend_values(proposal_objective, pll, self.config.acceptance_pll_weight), pll
+        terms = self.pll_terms(proposal, mask, ~excluded)
+        pll = pll_from_terms(terms, excluded)
+        return self.blend_values(proposal_objective, pll, self.config.acceptance_pll_weight), pll, terms
 
     def step(self, state):
-        return super().step(dataclasses.replace(state, pll=None))
+        return super().step(dataclasses.replace(state, pll=None, pll_terms=None))
 
 
 class CountingLaMBO2(LaMBO2):
-    scored_rows = 0
+    scored_pairs = 0
 
-    def pseudo_log_likelihood(self, input_ids, attention_mask, is_excluded):
-        type(self).scored_rows += input_ids.shape[0]
-        return super().pseudo_log_likelihood(input_ids, attention_mask, is_excluded)
+    def pll_terms(self, input_ids, attention_mask, positions):
+        type(self).scored_pairs += int(positions.sum())
+        return super().pll_terms(input_ids, attention_mask, positions)
 
 
 def test_pll_shortcuts_give_the_plain_algorithms_populations(tiny_model, rbd_seeds):
     settings = {"num_mutations_per_step": 3, "max_guidance_updates": 2, "kl_weight": 0.25, "seed": 5,
                 "resample_edit_positions": True, "guidance_step_size": 2.0}  # fmt: skip
     fast = CountingLaMBO2(tiny_model, LeafMean("bind"), config=LaMBO2Config(**settings)).run(rbd_seeds, 4)
-    plain = PlainLaMBO2(tiny_model, LeafMean("bind"), config=LaMBO2Config(**settings)).run(rbd_seeds, 4)
+    plain = PlainLaMBO2(tiny_model, LeafMean("bind"), config=LaMBO2Config(**settings, pll_window=False)).run(
+        rbd_seeds, 4
+    )
     assert torch.equal(fast.input_ids, plain.input_ids)
     for ours, theirs in zip(fast.history, plain.history, strict=True):
         assert ours["sequence"] == theirs["sequence"] and ours["accepted"] == theirs["accepted"]
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-5)
     assert sum(row["accepted"] for row in fast.history) > 0
-    # The PLL carried in the state is the PLL of the final candidates, and fewer sequences were scored.
+    # The PLL carried in the state is the PLL of the final candidates, and fewer occlusions were scored.
     sampler = make_sampler(tiny_model)
     torch.testing.assert_close(fast.pll, sampler.candidate_pll(fast.input_ids, fast.attention_mask))
-    assert CountingLaMBO2.scored_rows < PlainLaMBO2.scored_rows
+    torch.testing.assert_close(
+        fast.pll_terms, sampler.candidate_pll_terms(fast.input_ids, fast.attention_mask), atol=1e-5, rtol=0
+    )
+    assert CountingLaMBO2.scored_pairs < PlainLaMBO2.scored_pairs

@@ -19,6 +19,7 @@ import cortex.design.lambo as lambo_module
 from cortex.design.constraints import DesignConstraints
 from cortex.design.guidance import edit_position_probs, normalize_saliency
 from cortex.design.lambo import LaMBO2, LaMBO2Config
+from cortex.design.pll import pll_from_terms
 from cortex.design.state import DesignState
 from cortex.design.tree_objectives import LeafMean
 from cortex.model.conversion import convert_v1_checkpoint
@@ -48,8 +49,10 @@ class RecordingLaMBO2(LaMBO2):
         self._keep("position_probs", probs)
         return self._keep("edit_positions", super().draw_edit_positions(probs, is_editable, generator))
 
-    def pseudo_log_likelihood(self, *args):
-        return self._keep("pll", super().pseudo_log_likelihood(*args))
+    def candidate_pll_terms(self, input_ids, attention_mask):
+        terms = super().candidate_pll_terms(input_ids, attention_mask)
+        self._keep("pll", pll_from_terms(terms, self._excluded(input_ids, attention_mask)))
+        return terms
 
     def corrupt(self, *args):
         return self._keep("corrupt", super().corrupt(*args))

@@ -23,6 +23,10 @@ Departures from the original (spec A18), each a fix:
   * the pseudo-log-likelihood runs batched forwards over the (candidate, included position) occlusions
     instead of one forward per position (positions excluded for every candidate were skipped by the original
     too; here excluded pairs are skipped per candidate), and strings are never re-tokenised inside a step;
+  * for a tree of finite receptive radius R (`NeuralTreeModel.receptive_radius`, e.g. a conv tree) each
+    occlusion forwards only the 2R + 1 tokens around the masked position, and a proposal rescores only the
+    positions within R of its edits, reusing its candidate's per-position terms elsewhere (`cortex.design.pll`;
+    exact: the terms are the same functions of the same tokens);
   * the PLL is exact but never recomputed when its value is already known or cannot matter: the current
     candidates' PLL travels in the state from the step that accepted them (valid because every samplable
     token is corruptible, so the exclusion mask of an accepted candidate is the one its next step uses;
@@ -59,6 +63,7 @@ from cortex.design.guidance import (
     reference_token_probs,
     sample_edit_positions,
 )
+from cortex.design.pll import pll_from_terms, pll_terms, rescore_positions
 from cortex.design.state import DesignState
 from cortex.model.trunks import TrunkOutput
 
@@ -83,9 +88,12 @@ class LaMBO2Config:
     corruption: "mask" (token ids) or "gaussian" (embeddings). gaussian_noise_variance: its variance.
     noise_schedule: "inverse_sqrt" (1 / sqrt(1 + step), the original) or "linear".
     root / mlm_leaf: the designed root and the MLM leaf predicting it (None: the only ones).
-    pll_batch_size: occluded sequences per forward when scoring pseudo-log-likelihoods (bounds memory; None:
-        about 2^12 tokens per forward on CPU (quiet 2-core run, L = 237: 16-sequence forwards 0.75 s per PLL of 16,
-        138-sequence ones 0.96 s, 2048-sequence ones ~3x slower under load) and 2^18 on accelerators).
+    pll_batch_size: occluded sequences (or windows) per forward when scoring pseudo-log-likelihoods (bounds
+        memory; None: about 2^12 tokens per forward on CPU (quiet 2-core run, L = 237: 16-sequence forwards 0.75 s
+        per PLL of 16, 138-sequence ones 0.96 s, 2048-sequence ones ~3x slower under load) and 2^18 on
+        accelerators).
+    pll_window: use the model's receptive radius (`NeuralTreeModel.receptive_radius`) for windowed and
+        incremental PLL when it is finite (exact); False: full-length occlusions of every included position.
     legacy_raw_null_embedding: use the raw mask embedding row in occlusion (original behaviour, A18).
     seed: seed of the sampler's generator.
     """
@@ -106,6 +114,7 @@ class LaMBO2Config:
     root: str | None = None
     mlm_leaf: str | None = None
     pll_batch_size: int | None = None
+    pll_window: bool = True
     legacy_raw_null_embedding: bool = False
     seed: int = 0
 
@@ -213,6 +222,8 @@ class LaMBO2(nn.Module):
         self.guided_leaves = list(dict.fromkeys([self.mlm_leaf, *objective.leaves]))
         # A cached PLL stays valid across steps only if accepted tokens never change the exclusion mask.
         self.pll_cacheable = not bool((samplable & ~corruptible).any())
+        # Finite radius: exact windowed / incremental PLL (cortex.design.pll); None: full-length occlusions.
+        self.pll_radius = model.receptive_radius(self.root, self.mlm_leaf) if cfg.pll_window else None
         # Buffers and the corruption process live on the model's device (population tensors never leave it).
         self.corruptible_tokens = self.corruptible_tokens.to(self.device)
         self.samplable_tokens = self.samplable_tokens.to(self.device)
@@ -232,7 +243,8 @@ class LaMBO2(nn.Module):
         input_ids = encoded["input_ids"].to(self.device)
         attention_mask = encoded["attention_mask"].to(self.device)
         objective = self._fit_and_score(input_ids, attention_mask)
-        pll = self.candidate_pll(input_ids, attention_mask)
+        terms = self.candidate_pll_terms(input_ids, attention_mask)
+        pll = pll_from_terms(terms, self._excluded(input_ids, attention_mask))
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self.config.seed)
         state = DesignState(
@@ -244,6 +256,7 @@ class LaMBO2(nn.Module):
             num_accepted=torch.zeros(input_ids.shape[0], dtype=torch.long, device=self.device),
             generator_state=generator.get_state(),
             pll=pll,
+            pll_terms=terms,
         )
         self._bind(state)
         score = self.blend_values(objective, pll, self.config.acceptance_pll_weight)
@@ -265,6 +278,8 @@ class LaMBO2(nn.Module):
             setattr(state, name, getattr(state, name).to(self.device))
         if state.pll is not None:
             state.pll = state.pll.to(self.device)
+        if state.pll_terms is not None:
+            state.pll_terms = state.pll_terms.to(self.device)
         self._fit_and_score(state.seed_ids, state.attention_mask)
         self._bind(state)
         return state
@@ -314,12 +329,13 @@ class LaMBO2(nn.Module):
             edit_positions = state.edit_positions & is_editable
 
         # Reference score each proposal must reach: (1 - w) * objective + w * PLL of the current candidates
-        # (their PLL comes from the state: computed when they were accepted).
+        # (their PLL and its per-position terms come from the state: computed when they were accepted).
         is_excluded = ~is_corruptible
         current_objective = state.objective
-        current_pll = state.pll
-        if current_pll is None or not self.pll_cacheable:
-            current_pll = self.candidate_pll(input_ids, attention_mask)
+        current_pll, current_terms = state.pll, state.pll_terms
+        if current_pll is None or current_terms is None or not self.pll_cacheable:
+            current_terms = self.candidate_pll_terms(input_ids, attention_mask)
+            current_pll = pll_from_terms(current_terms, is_excluded)
         current_score = self.blend_values(current_objective, current_pll, pll_weight)
         if state.step == 0 and cfg.exclude_initial_solution:
             reference = torch.full_like(current_score, float("-inf"))
@@ -344,6 +360,7 @@ class LaMBO2(nn.Module):
         )
         token_mask = self.samplable_tokens[None, None, :] & self.bound.sampling_mask[None, :, :]  # (1, L, V)
         candidates, candidate_objective, candidate_pll = input_ids, current_objective, current_pll
+        candidate_terms = current_terms
         candidate_score, accepted_total = current_score, None
         reference_probs, guidance_terms = None, {}
         for update in range(cfg.max_guidance_updates + 1):
@@ -368,11 +385,11 @@ class LaMBO2(nn.Module):
                 proposal_objective = self.objective(
                     self._forward_ids(proposal, attention_mask, list(self.objective.leaves))
                 )
-            score, proposal_pll = self.proposal_scores(
+            score, proposal_pll, proposal_terms = self.proposal_scores(
                 proposal,
                 proposal_objective,
                 candidates,
-                candidate_pll,
+                candidate_terms,
                 reference,
                 attention_mask,
                 is_excluded,
@@ -381,6 +398,7 @@ class LaMBO2(nn.Module):
             candidates = torch.where(accepted[:, None], proposal, candidates)
             candidate_objective = torch.where(accepted, proposal_objective, candidate_objective)
             candidate_pll = torch.where(accepted, proposal_pll, candidate_pll)
+            candidate_terms = torch.where(accepted[:, None], proposal_terms, candidate_terms)
             candidate_score = torch.where(accepted, score, candidate_score)
             reference = torch.where(accepted, score, reference)
             accepted_total = accepted.long() if accepted_total is None else accepted_total + accepted.long()
@@ -411,6 +429,7 @@ class LaMBO2(nn.Module):
             step=state.step + 1,
             history=list(state.history),
             pll=candidate_pll,
+            pll_terms=candidate_terms,
         )
         new_state.history.extend(
             self._history_rows(new_state, candidate_objective, candidate_score, accepted_total)
@@ -522,66 +541,84 @@ class LaMBO2(nn.Module):
 
     def candidate_pll(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(N,) PLL of candidates over their corruptible positions (zeros when the acceptance ignores it)."""
+        terms = self.candidate_pll_terms(input_ids, attention_mask)
+        return pll_from_terms(terms, self._excluded(input_ids, attention_mask))
+
+    def candidate_pll_terms(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, L) per-position PLL terms of candidates at their corruptible positions, 0 elsewhere (all zeros
+        when the acceptance ignores the PLL)."""
         if self.config.acceptance_pll_weight == 0.0:
-            return torch.zeros(input_ids.shape[0], device=input_ids.device)
-        is_excluded = ~(self.corruptible_tokens[input_ids] & attention_mask.bool())
-        return self.pseudo_log_likelihood(input_ids, attention_mask, is_excluded)
+            return torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        return self.pll_terms(input_ids, attention_mask, ~self._excluded(input_ids, attention_mask))
+
+    def _excluded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return ~(self.corruptible_tokens[input_ids] & attention_mask.bool())
 
     def proposal_scores(
         self,
         proposal: torch.Tensor,
         proposal_objective: torch.Tensor,
         candidates: torch.Tensor,
-        candidate_pll: torch.Tensor,
+        candidate_terms: torch.Tensor,
         reference: torch.Tensor,
         attention_mask: torch.Tensor,
         is_excluded: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blended scores (N,) of proposals and their PLLs (N,), exact wherever acceptance depends on them.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Blended scores (N,), PLLs (N,) and per-position PLL terms (N, L) of proposals, exact wherever
+        acceptance depends on them.
 
-        A proposal equal to its candidate reuses `candidate_pll`. Since PLL <= 0, a proposal with
-        (1 - w) * objective < reference cannot be accepted: it is not scored (score and PLL -inf). Only the
-        remaining rows go through `pseudo_log_likelihood` (one host sync to gather them)."""
+        candidate_terms (N, L): the candidates' terms under the same `is_excluded`. A proposal equal to its
+        candidate reuses them. Since PLL <= 0, a proposal with (1 - w) * objective < reference cannot be accepted:
+        it is not scored (score and PLL -inf). The remaining proposals rescore only the positions whose term can
+        differ from the candidate's (`rescore_positions`: within the receptive radius of an edit, or the whole
+        row for a global model), in one `pll_terms` call (one host sync to gather the pairs)."""
         weight = self.config.acceptance_pll_weight
         if weight == 0.0:
-            return proposal_objective, torch.zeros_like(proposal_objective)
-        changed = (proposal != candidates).any(-1)  # (N,)
-        reachable = (1.0 - weight) * proposal_objective >= reference
-        rows = (changed & reachable).nonzero()[:, 0]
-        pll = torch.where(changed, torch.full_like(candidate_pll, float("-inf")), candidate_pll)
-        if rows.numel() > 0:
-            pll = pll.index_put(
-                (rows,), self.pseudo_log_likelihood(proposal[rows], attention_mask[rows], is_excluded[rows])
-            )
-        return self.blend_values(proposal_objective, pll, weight), pll
+            zeros = torch.zeros_like(proposal_objective)
+            return proposal_objective, zeros, torch.zeros_like(candidate_terms)
+        edits = proposal != candidates  # (N, L)
+        changed = edits.any(-1)  # (N,)
+        scored = changed & ((1.0 - weight) * proposal_objective >= reference)
+        rescore = rescore_positions(edits, self.pll_radius) & scored[:, None] & ~is_excluded
+        terms = torch.where(
+            rescore, self.pll_terms(proposal, attention_mask, rescore), candidate_terms
+        )  # (N, L)
+        pll = pll_from_terms(terms, is_excluded)
+        pll = torch.where(changed & ~scored, torch.full_like(pll, float("-inf")), pll)
+        return self.blend_values(proposal_objective, pll, weight), pll, terms
 
-    @torch.inference_mode()
     def pseudo_log_likelihood(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_excluded: torch.Tensor
     ) -> torch.Tensor:
         """(N,) mean over non-excluded positions j of log p(x_j | x with x_j masked), averaged over the MLM
         leaf's members (spec 2.7). Only the (candidate, included position) pairs are occluded, in batched
         forwards of `pll_batch_size` sequences (the original runs one forward per position over all
-        candidates). 0 for a candidate with no included position."""
-        num, length = input_ids.shape
-        pairs = (~is_excluded).nonzero()  # (P, 2): candidate, masked position
-        totals = torch.zeros(num, dtype=torch.float32, device=input_ids.device)
-        batch_size = self.config.pll_batch_size or max(
-            1, (2**12 if input_ids.device.type == "cpu" else 2**18) // max(length, 1)
+        candidates), each a window of 2R + 1 tokens for a model of finite receptive radius R. 0 for a candidate
+        with no included position."""
+        return pll_from_terms(self.pll_terms(input_ids, attention_mask, ~is_excluded), is_excluded)
+
+    def pll_terms(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, L) log p(x_j | x with x_j masked) at `positions` (N, L) bool, 0 elsewhere (`cortex.design.pll`)."""
+        length = input_ids.shape[1]
+        width = length if self.pll_radius is None else min(2 * self.pll_radius + 1, length)
+        batch_tokens = (
+            self.config.pll_batch_size * width
+            if self.config.pll_batch_size is not None
+            else (2**12 if input_ids.device.type == "cpu" else 2**18)
         )
-        for start in range(0, pairs.shape[0], batch_size):
-            row, position = pairs[start : start + batch_size].unbind(-1)  # (b,), (b,)
-            index = torch.arange(row.shape[0], device=input_ids.device)
-            occluded = input_ids[row].index_put(
-                (index, position), torch.full_like(position, self.mask_token_id)
-            )
-            logits = self._forward_ids(occluded, attention_mask[row], [self.mlm_leaf])[self.mlm_leaf].logits
-            picked = logits[:, index, position]  # (E, b, V): logits at the masked position
-            log_probs = torch.log_softmax(picked.float(), dim=-1)
-            target = input_ids[row, position]  # (b,)
-            totals.index_add_(0, row, log_probs[:, index, target].mean(0))
-        count = (~is_excluded).sum(-1).clamp_min(1).to(totals.dtype)
-        return totals / count
+        return pll_terms(
+            self.model,
+            self.root,
+            self.mlm_leaf,
+            input_ids,
+            attention_mask,
+            positions,
+            self.mask_token_id,
+            self.pll_radius,
+            batch_tokens,
+        )
 
     def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, leaves: list[str]) -> dict:
         inputs = {self.root: {"input_ids": input_ids, "attention_mask": attention_mask}}

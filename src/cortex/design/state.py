@@ -26,8 +26,9 @@ TENSOR_FIELDS: tuple[str, ...] = (
     "num_accepted",
     "generator_state",
 )
-# Saved when present: pll (N,) pseudo-log-likelihood of the candidates (a cache; None = recompute).
-OPTIONAL_TENSOR_FIELDS: tuple[str, ...] = ("pll",)
+# Saved when present: pll (N,) pseudo-log-likelihood of the candidates and pll_terms (N, L) its per-position
+# terms (caches; None = recompute).
+OPTIONAL_TENSOR_FIELDS: tuple[str, ...] = ("pll", "pll_terms")
 
 
 @dataclass
@@ -39,7 +40,9 @@ class DesignState:
     accepted proposals so far; step: completed steps; generator_state: uint8 state of the sampler's
     torch.Generator at the start of the next step; history: one dict per (step, member), see `LaMBO2`;
     pll: (N,) pseudo-log-likelihood of the candidates over their corruptible positions, kept so that a step
-    never rescores its starting population (None: the sampler computes it).
+    never rescores its starting population (None: the sampler computes it); pll_terms: (N, L) float its
+    per-position terms log p(x_j | x with x_j masked) (0 at excluded positions), from which a proposal's PLL is
+    updated near its edits only (None: the sampler computes them).
     """
 
     input_ids: torch.Tensor
@@ -52,6 +55,7 @@ class DesignState:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     pll: torch.Tensor | None = None
+    pll_terms: torch.Tensor | None = None
 
     @property
     def num_candidates(self) -> int:
