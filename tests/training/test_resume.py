@@ -40,7 +40,7 @@ class BatchLog(pl.Callback):
         self.seen.append((trainer.current_epoch, batch_idx, ids))
 
 
-def _fit(root, strategy, *, num_workers=0, ckpt_path=None, kill_after=None, every_n_steps=None, log=None):
+def _fit(root, strategy, *, num_workers=0, ckpt_path=None, kill_after=None, checkpoint=None, log=None):
     torch.manual_seed(0)
     model, tasks, corruption, datamodule = tiny_setup(dropout=0.1)
     datamodule.num_workers = num_workers
@@ -49,10 +49,8 @@ def _fit(root, strategy, *, num_workers=0, ckpt_path=None, kill_after=None, ever
     )
     log, ema = log or BatchLog(), EMA(decay=0.8)
     callbacks = [ema, log]
-    if every_n_steps is not None:
-        callbacks.append(
-            pl.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_train_steps=every_n_steps)
-        )
+    if checkpoint is not None:
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, **checkpoint))
     if kill_after is not None:
         callbacks.append(KillAfter(kill_after))
     trainer = pl.Trainer(
@@ -64,7 +62,7 @@ def _fit(root, strategy, *, num_workers=0, ckpt_path=None, kill_after=None, ever
         num_sanity_val_steps=0,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=every_n_steps is not None,
+        enable_checkpointing=checkpoint is not None,
         deterministic=True,
         default_root_dir=root,
     )
@@ -72,16 +70,23 @@ def _fit(root, strategy, *, num_workers=0, ckpt_path=None, kill_after=None, ever
     return system, ema, log, trainer
 
 
-@pytest.mark.parametrize(
-    ("strategy", "num_workers"), [("joint", 0), ("per_task", 0), ("joint", 2)], ids=lambda v: str(v)
-)
-def test_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, strategy, num_workers):
+# (strategy, workers, checkpoint every n batches or None for every epoch, batches done at the resumed checkpoint)
+# with 5 batches per epoch, 10 in the run, killed after batch 7.
+CASES = {
+    "joint-mid-epoch": ("joint", 0, 3, 6),
+    "per_task-mid-epoch": ("per_task", 0, 3, 6),
+    "joint-mid-epoch-2-workers": ("joint", 2, 3, 6),
+    "joint-after-last-batch-of-epoch": ("joint", 0, 5, 5),
+    "joint-epoch-end-2-workers": ("joint", 2, None, 5),
+}
+
+
+@pytest.mark.parametrize(("strategy", "num_workers", "every", "done"), CASES.values(), ids=CASES.keys())
+def test_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, strategy, num_workers, every, done):
     full, full_ema, full_log, full_trainer = _fit(tmp_path / "full", strategy, num_workers=num_workers)
     steps_per_batch = 1 if strategy == "joint" else 2  # per_task: one optimizer step per task
-    batches_per_epoch = full_trainer.num_training_batches
-    assert len(full_log.seen) == EPOCHS * batches_per_epoch
-    # A checkpoint every 3 batches, killed after 7: the last checkpoint (batch 6) is mid-epoch 1.
-    every = 3 * steps_per_batch
+    assert full_trainer.num_training_batches == 5 and len(full_log.seen) == EPOCHS * 5
+    checkpoint = {"every_n_epochs": 1} if every is None else {"every_n_train_steps": every * steps_per_batch}
     killed_log = BatchLog()
     with pytest.raises(Killed):
         _fit(
@@ -89,17 +94,16 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, strategy, nu
             strategy,
             num_workers=num_workers,
             kill_after=7 * steps_per_batch,
-            every_n_steps=every,
+            checkpoint=checkpoint,
             log=killed_log,
         )
-    assert len(killed_log.seen) == 7 and killed_log.seen == full_log.seen[:7]
-    checkpoint = tmp_path / "part" / f"epoch=1-step={2 * every}.ckpt"
-    assert batches_per_epoch == 5 and checkpoint.is_file()  # 6 batches: mid-epoch 1 (not a multiple of 5)
+    assert killed_log.seen == full_log.seen[:7]
+    (path,) = (tmp_path / "part").glob(f"*-step={done * steps_per_batch}.ckpt")
     resumed, resumed_ema, resumed_log, resumed_trainer = _fit(
-        tmp_path / "resumed", strategy, num_workers=num_workers, ckpt_path=str(checkpoint)
+        tmp_path / "resumed", strategy, num_workers=num_workers, ckpt_path=str(path)
     )
     # The remaining batches of the interrupted epoch, then the later ones, exactly as uninterrupted.
-    assert resumed_log.seen == full_log.seen[6:]
+    assert resumed_log.seen == full_log.seen[done:]
     assert resumed_trainer.global_step == full_trainer.global_step
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
     for key, value in full_state.items():
@@ -109,3 +113,31 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, strategy, nu
         torch.testing.assert_close(resumed_ema.averages[key], value, rtol=0, atol=0, msg=key)
     full_lr = full.optimizers().optimizer.param_groups[0]["lr"]
     assert resumed.optimizers().optimizer.param_groups[0]["lr"] == full_lr
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_train_loader_state_round_trip_yields_the_remaining_batches(num_workers):
+    loaders = []
+    for _ in range(2):
+        *_, datamodule = tiny_setup()
+        datamodule.num_workers = num_workers
+        loaders.append(datamodule.task_dataloader("bind", "train"))
+    loader, fresh = loaders
+    loader.sampler.set_epoch(1)
+    epoch = [batch.root_inputs["protein"]["input_ids"] for batch in loader]
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches_yielded": 2}
+    fresh.load_state_dict(state)
+    rest = [batch.root_inputs["protein"]["input_ids"] for batch in fresh]
+    assert len(fresh) == len(epoch) and len(rest) == len(epoch) - 2
+    for resumed, expected in zip(rest, epoch[2:], strict=True):
+        torch.testing.assert_close(resumed, expected, rtol=0, atol=0)
+    assert fresh.state_dict() == {"epoch": 1, "batches_yielded": len(epoch)}
+    with pytest.raises(
+        ValueError, match=r"batches_yielded=9 for epoch 1; expected 0 <= batches_yielded <= 5"
+    ):
+        fresh.load_state_dict({"epoch": 1, "batches_yielded": 9})
+    with pytest.raises(ValueError, match=r"got keys \['epoch'\]"):
+        fresh.load_state_dict({"epoch": 1})
