@@ -40,7 +40,17 @@ class BatchLog(pl.Callback):
         self.seen.append((trainer.current_epoch, batch_idx, ids))
 
 
-def _fit(root, strategy, *, num_workers=0, ckpt_path=None, kill_after=None, checkpoint=None, log=None):
+def _fit(
+    root,
+    strategy,
+    *,
+    num_workers=0,
+    ckpt_path=None,
+    kill_after=None,
+    checkpoint=None,
+    log=None,
+    **trainer_kwargs,
+):
     torch.manual_seed(0)
     model, tasks, corruption, datamodule = tiny_setup(dropout=0.1)
     datamodule.num_workers = num_workers
@@ -65,42 +75,51 @@ def _fit(root, strategy, *, num_workers=0, ckpt_path=None, kill_after=None, chec
         enable_checkpointing=checkpoint is not None,
         deterministic=True,
         default_root_dir=root,
+        **trainer_kwargs,
     )
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     return system, ema, log, trainer
 
 
-# (strategy, workers, checkpoint every n batches or None for every epoch, batches done at the resumed checkpoint)
-# with 5 batches per epoch, 10 in the run, killed after batch 7.
+# (strategy, workers, ModelCheckpoint arguments with steps counted in batches, batches done at the checkpoint
+# resumed from, Trainer arguments); 5 batches per epoch, 10 in the run, killed after batch 7.
 CASES = {
-    "joint-mid-epoch": ("joint", 0, 3, 6),
-    "per_task-mid-epoch": ("per_task", 0, 3, 6),
-    "joint-mid-epoch-2-workers": ("joint", 2, 3, 6),
-    "joint-after-last-batch-of-epoch": ("joint", 0, 5, 5),
-    "joint-epoch-end-2-workers": ("joint", 2, None, 5),
+    "joint-mid-epoch": ("joint", 0, {"every_n_train_steps": 3}, 6, {}),
+    "per_task-mid-epoch": ("per_task", 0, {"every_n_train_steps": 3}, 6, {}),
+    "joint-mid-epoch-2-workers": ("joint", 2, {"every_n_train_steps": 3}, 6, {}),
+    "joint-after-last-batch-of-epoch": ("joint", 0, {"every_n_train_steps": 5}, 5, {}),
+    "joint-epoch-end-2-workers": ("joint", 2, {"every_n_epochs": 1}, 5, {}),
+    # Validation (EMA weights swapped in) after batch 3 of each epoch; the checkpoint follows it.
+    "per_task-after-mid-epoch-validation": ("per_task", 0, {}, 3, {"val_check_interval": 3}),
 }
 
 
-@pytest.mark.parametrize(("strategy", "num_workers", "every", "done"), CASES.values(), ids=CASES.keys())
-def test_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, strategy, num_workers, every, done):
-    full, full_ema, full_log, full_trainer = _fit(tmp_path / "full", strategy, num_workers=num_workers)
+@pytest.mark.parametrize(
+    ("strategy", "num_workers", "checkpoint", "done", "trainer_kwargs"), CASES.values(), ids=CASES.keys()
+)
+def test_run_killed_mid_epoch_resumes_to_the_same_weights(
+    tmp_path, strategy, num_workers, checkpoint, done, trainer_kwargs
+):
+    options = {"num_workers": num_workers, **trainer_kwargs}
+    full, full_ema, full_log, full_trainer = _fit(tmp_path / "full", strategy, **options)
     steps_per_batch = 1 if strategy == "joint" else 2  # per_task: one optimizer step per task
     assert full_trainer.num_training_batches == 5 and len(full_log.seen) == EPOCHS * 5
-    checkpoint = {"every_n_epochs": 1} if every is None else {"every_n_train_steps": every * steps_per_batch}
+    if "every_n_train_steps" in checkpoint:
+        checkpoint = {"every_n_train_steps": checkpoint["every_n_train_steps"] * steps_per_batch}
     killed_log = BatchLog()
     with pytest.raises(Killed):
         _fit(
             tmp_path / "part",
             strategy,
-            num_workers=num_workers,
             kill_after=7 * steps_per_batch,
             checkpoint=checkpoint,
             log=killed_log,
+            **options,
         )
     assert killed_log.seen == full_log.seen[:7]
     (path,) = (tmp_path / "part").glob(f"*-step={done * steps_per_batch}.ckpt")
     resumed, resumed_ema, resumed_log, resumed_trainer = _fit(
-        tmp_path / "resumed", strategy, num_workers=num_workers, ckpt_path=str(path)
+        tmp_path / "resumed", strategy, ckpt_path=str(path), **options
     )
     # The remaining batches of the interrupted epoch, then the later ones, exactly as uninterrupted.
     assert resumed_log.seen == full_log.seen[done:]
