@@ -121,14 +121,15 @@ def design(args: argparse.Namespace) -> dict:
     state = sampler.init_state([design_seed(args.length)] * args.population)
     state = sampler.step(state).state  # warm-up
     synchronize(args.device)
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     for _ in range(args.steps):
         state = sampler.step(state).state
     synchronize(args.device)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu
     result = {
         "step_s": elapsed / args.steps,
         "steps_per_s": args.steps / elapsed,
+        "step_cpu_s": cpu_elapsed / args.steps,  # process CPU time, all threads
         "population": args.population,
     }
     if args.device.startswith("cuda"):
