@@ -3,8 +3,10 @@
 step, 4 guidance updates, step size 0.1, kl_weight 0.25, resampled edit positions, log-EI objective. The
 original takes 7.3 s per step on 2 CPU cores (issue 6).
 
-Reports wall and CPU (process) seconds per step, and the pseudo-log-likelihood of the population timed both ways:
-ours (batched occlusions) and the original's one forward per position.
+Reports wall and CPU (process) seconds per step with the exact windowed / incremental pseudo-log-likelihood (the
+tree's receptive radius is finite) and with full-length occlusions (checking both give the same population), and
+the PLL of the final population timed three ways: windowed, full-length batched occlusions, and the original's one
+forward per position.
 
     python bench/lambo_speed.py --device cpu --threads 2 --output bench/results/lambo_speed.json
     python bench/lambo_speed.py --device cuda --population 128
@@ -13,6 +15,7 @@ ours (batched occlusions) and the original's one forward per position.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -22,6 +25,7 @@ import pandas as pd
 import torch
 
 from cortex.design.lambo import LaMBO2, LaMBO2Config
+from cortex.design.state import DesignState
 from cortex.design.tree_objectives import AcquisitionObjective
 from cortex.model.configuration_neural_tree import NeuralTreeConfig
 from cortex.model.modeling_neural_tree import NeuralTreeModel
@@ -67,30 +71,42 @@ def main() -> None:
     if args.compile:
         model.compile()
     sequence = pd.read_csv("data/gfp_sarkisyan2016.csv.gz", nrows=1)["sequence"].iloc[0][: args.length]
-    config = LaMBO2Config(
-        num_mutations_per_step=8, max_guidance_updates=args.guidance_updates, guidance_step_size=0.1,
-        kl_weight=0.25, feature_attr_temp=1.0, resample_edit_positions=True,
-    )  # fmt: skip
-    sampler = LaMBO2(model, AcquisitionObjective(["log_fluorescence"]), config=config)
-    state = sampler.init_state([sequence] * args.population)
-    state = sampler.step(state).state  # warm-up
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    sync()
-    load_before = os.getloadavg()[0]
-    cpu, start = time.process_time(), time.perf_counter()
-    accepted = 0
-    for _ in range(args.steps):
-        output = sampler.step(state)
-        state = output.state
-        accepted += output.metrics["accept_rate"]
-    sync()
-    step_s = (time.perf_counter() - start) / args.steps
-    step_cpu_s = (time.process_time() - cpu) / args.steps
 
+    def time_steps(pll_window: bool) -> tuple[float, float, float, LaMBO2, DesignState]:
+        """(wall s, CPU s, accept rate) per step after a warm-up step, the sampler and its last state."""
+        config = LaMBO2Config(
+            num_mutations_per_step=8, max_guidance_updates=args.guidance_updates, guidance_step_size=0.1,
+            kl_weight=0.25, feature_attr_temp=1.0, resample_edit_positions=True, pll_window=pll_window,
+        )  # fmt: skip
+        sampler = LaMBO2(model, AcquisitionObjective(["log_fluorescence"]), config=config)
+        state = sampler.init_state([sequence] * args.population)
+        state = sampler.step(state).state  # warm-up
+        sync()
+        cpu, start = time.process_time(), time.perf_counter()
+        accepted = 0.0
+        for _ in range(args.steps):
+            output = sampler.step(state)
+            state = output.state
+            accepted += output.metrics["accept_rate"]
+        sync()
+        wall = (time.perf_counter() - start) / args.steps
+        return wall, (time.process_time() - cpu) / args.steps, accepted / args.steps, sampler, state
+
+    load_before = os.getloadavg()[0]
+    step_s, step_cpu_s, accept_rate, sampler, state = time_steps(pll_window=True)
+    full_s, full_cpu_s, full_accept_rate, _, full_state = time_steps(pll_window=False)
     ids, mask = state.input_ids, state.attention_mask
     excluded = ~(sampler.corruptible_tokens[ids] & mask.bool())
     start = time.perf_counter()
     sampler.pseudo_log_likelihood(ids, mask, excluded)
+    sync()
+    pll_windowed_s = time.perf_counter() - start
+    start = time.perf_counter()
+    full_sampler = LaMBO2(
+        model, sampler.objective, config=dataclasses.replace(sampler.config, pll_window=False)
+    )
+    full_sampler.pseudo_log_likelihood(ids, mask, excluded)
     sync()
     pll_batched_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -109,7 +125,15 @@ def main() -> None:
         "original_step_seconds_cpu": ORIGINAL_STEP_SECONDS_CPU,
         "speedup_vs_original": ORIGINAL_STEP_SECONDS_CPU / step_s if args.device == "cpu" else None,
         "guidance_updates": args.guidance_updates,
-        "mean_accept_rate": accepted / args.steps,
+        "mean_accept_rate": accept_rate,
+        "receptive_radius": sampler.pll_radius,
+        "full_length_pll": {
+            "step_seconds_wall": full_s,
+            "step_seconds_cpu": full_cpu_s if args.device == "cpu" else None,
+            "mean_accept_rate": full_accept_rate,
+            "same_population": bool(torch.equal(state.input_ids, full_state.input_ids)),
+        },
+        "pll_windowed_seconds": pll_windowed_s,
         "pll_batched_seconds": pll_batched_s,
         "pll_per_position_seconds": pll_loop_s,
         "machine": {
