@@ -84,12 +84,20 @@ def make_timer(
             self.start = None
             self.result: dict[str, Any] = {}
             self.profiler = None
+            self.last_end = None
+            self.data_wait = 0.0  # seconds between a step's end and the next step's start, measured steps
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+            # The loop fetches (and moves to the device) the next batch between these two hooks.
+            if self.start is not None and self.last_end is not None and "samples_per_s" not in self.result:
+                self.data_wait += time.perf_counter() - self.last_end
 
         def on_train_start(self, trainer, pl_module) -> None:
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+            self.last_end = time.perf_counter()
             self.batches += 1
             if self.batches == warmup_steps:
                 synchronize(device)
@@ -102,7 +110,10 @@ def make_timer(
                     synchronize(device)
                     wall = time.perf_counter() - self.start
                     self.result.update(
-                        samples_per_s=self.samples / wall, measured_steps=measure_steps, measured_s=wall
+                        samples_per_s=self.samples / wall,
+                        measured_steps=measure_steps,
+                        measured_s=wall,
+                        data_wait_fraction=self.data_wait / wall,
                     )
                     if device.startswith("cuda"):
                         self.result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()

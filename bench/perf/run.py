@@ -86,9 +86,11 @@ def sizes(tiny: bool, device: str) -> dict[str, Any]:
         }  # fmt: skip
     cuda = device.startswith("cuda")
     return {
-        "widths": [128, 512], "batch_size": 128, "rows": 8192 if cuda else 1024,
-        "train_steps": ["--warmup-steps", "10" if cuda else "2", "--measure-steps", "40" if cuda else "4",
-                        "--profile-steps", "10" if cuda else "0"],
+        "widths": [128, 512], "batch_size": 128, "rows": 32768 if cuda else 1024,
+        # 26,214 train rows = 204 steps of 128 an epoch: warm-up, measurement and profile stay inside epoch 1
+        # (an epoch boundary drains and refills the workers' prefetch queue)
+        "train_steps": ["--warmup-steps", "15" if cuda else "2", "--measure-steps", "100" if cuda else "4",
+                        "--profile-steps", "20" if cuda else "0"],
         "num_workers": 6 if cuda else 2, "b": (768, 12) if cuda else None,
         "design_cpu": ["--population", "16", "--length", "237", "--width", "32", "--kl-weight", "0.25",
                        "--steps", "2"],
