@@ -7,8 +7,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import tiny_setup
+from helpers import rbd_slice, tiny_setup
 
+from cortex.data.datamodule import TreeDataModule
+from cortex.data.tables import RandomSplit, TableData
 from cortex.training import EMA, NeuralTreeSystem
 
 EPOCHS = 2
@@ -49,11 +51,27 @@ def _fit(
     kill_after=None,
     checkpoint=None,
     log=None,
+    other_expr_rows=None,
     **trainer_kwargs,
 ):
     torch.manual_seed(0)
     model, tasks, corruption, datamodule = tiny_setup(dropout=0.1)
     datamodule.num_workers = num_workers
+    if other_expr_rows is not None:
+        # "expr" trains on its own, smaller table: its loader is cycled within each epoch.
+        expr = TableData(
+            rbd_slice(other_expr_rows, offset=96),
+            split=RandomSplit({"train": 0.75, "validation": 0.25}, seed=0),
+        )
+        datamodule = TreeDataModule(
+            tasks,
+            model=model,
+            batch_size=16,
+            eval_batch_size=64,
+            mode="max_size_cycle",
+            data={"expr": expr},
+            num_workers=num_workers,
+        )
     system = NeuralTreeSystem(
         model, tasks, corruption, optim={"lr": 1e-2, "warmup_steps": 2}, strategy=strategy, seed=3
     )
@@ -81,43 +99,60 @@ def _fit(
     return system, ema, log, trainer
 
 
-# (strategy, workers, ModelCheckpoint arguments with steps counted in batches, batches done at the checkpoint
-# resumed from, Trainer arguments); 5 batches per epoch, 10 in the run, killed after batch 7.
+# Each case: (strategy, _fit options, ModelCheckpoint arguments, kill after this many optimizer steps, resume
+# from the checkpoint of this step, batches done at that checkpoint). 5 batches per epoch, 10 in the run;
+# per_task takes 2 optimizer steps per batch (one per task).
 CASES = {
-    "joint-mid-epoch": ("joint", 0, {"every_n_train_steps": 3}, 6, {}),
-    "per_task-mid-epoch": ("per_task", 0, {"every_n_train_steps": 3}, 6, {}),
-    "joint-mid-epoch-2-workers": ("joint", 2, {"every_n_train_steps": 3}, 6, {}),
-    "joint-after-last-batch-of-epoch": ("joint", 0, {"every_n_train_steps": 5}, 5, {}),
-    "joint-epoch-end-2-workers": ("joint", 2, {"every_n_epochs": 1}, 5, {}),
+    "joint-mid-epoch": ("joint", {}, {"every_n_train_steps": 3}, 7, 6, 6),
+    "per_task-mid-epoch": ("per_task", {}, {"every_n_train_steps": 6}, 14, 12, 6),
+    "joint-mid-epoch-2-workers": ("joint", {"num_workers": 2}, {"every_n_train_steps": 3}, 7, 6, 6),
+    "joint-after-last-batch-of-epoch": ("joint", {}, {"every_n_train_steps": 5}, 7, 5, 5),
+    "joint-epoch-end-2-workers": ("joint", {"num_workers": 2}, {"every_n_epochs": 1}, 7, 5, 5),
     # Validation (EMA weights swapped in) after batch 3 of each epoch; the checkpoint follows it.
-    "per_task-after-mid-epoch-validation": ("per_task", 0, {}, 3, {"val_check_interval": 3}),
+    "per_task-after-mid-epoch-validation": ("per_task", {"val_check_interval": 3}, {}, 14, 6, 3),
+    # Two batches per optimizer step (3 steps per epoch): step 2 ends batch 4, step 4 ends batch 7.
+    "joint-accumulating-gradients": (
+        "joint",
+        {"accumulate_grad_batches": 2},
+        {"every_n_train_steps": 2},
+        4,
+        2,
+        4,
+    ),
+    # "expr" has 3 batches per epoch, cycled to the 5 of "bind": the checkpoint is in expr's second pass.
+    "joint-max_size_cycle-unequal-tasks": (
+        "joint",
+        {"other_expr_rows": 48},
+        {"every_n_train_steps": 4},
+        7,
+        4,
+        4,
+    ),
 }
 
 
 @pytest.mark.parametrize(
-    ("strategy", "num_workers", "checkpoint", "done", "trainer_kwargs"), CASES.values(), ids=CASES.keys()
+    ("strategy", "options", "checkpoint", "kill_after", "resume_step", "done"),
+    CASES.values(),
+    ids=CASES.keys(),
 )
 def test_run_killed_mid_epoch_resumes_to_the_same_weights(
-    tmp_path, strategy, num_workers, checkpoint, done, trainer_kwargs
+    tmp_path, strategy, options, checkpoint, kill_after, resume_step, done
 ):
-    options = {"num_workers": num_workers, **trainer_kwargs}
     full, full_ema, full_log, full_trainer = _fit(tmp_path / "full", strategy, **options)
-    steps_per_batch = 1 if strategy == "joint" else 2  # per_task: one optimizer step per task
     assert full_trainer.num_training_batches == 5 and len(full_log.seen) == EPOCHS * 5
-    if "every_n_train_steps" in checkpoint:
-        checkpoint = {"every_n_train_steps": checkpoint["every_n_train_steps"] * steps_per_batch}
     killed_log = BatchLog()
     with pytest.raises(Killed):
         _fit(
             tmp_path / "part",
             strategy,
-            kill_after=7 * steps_per_batch,
+            kill_after=kill_after,
             checkpoint=checkpoint,
             log=killed_log,
             **options,
         )
-    assert killed_log.seen == full_log.seen[:7]
-    (path,) = (tmp_path / "part").glob(f"*-step={done * steps_per_batch}.ckpt")
+    assert killed_log.seen == full_log.seen[: len(killed_log.seen)] and len(killed_log.seen) > done
+    (path,) = (tmp_path / "part").glob(f"*-step={resume_step}.ckpt")
     resumed, resumed_ema, resumed_log, resumed_trainer = _fit(
         tmp_path / "resumed", strategy, ckpt_path=str(path), **options
     )
