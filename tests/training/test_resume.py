@@ -189,6 +189,14 @@ def test_train_loader_state_round_trip_yields_the_remaining_batches(num_workers)
     for resumed, expected in zip(rest, epoch[2:], strict=True):
         torch.testing.assert_close(resumed, expected, rtol=0, atol=0)
     assert fresh.state_dict() == {"epoch": 1, "batches_yielded": len(epoch)}
+    # A second resume in the same epoch counts from the start of the epoch, not from the first resume.
+    fresh.load_state_dict(state)
+    next(iter(fresh))
+    again = tiny_setup()[-1].task_dataloader("bind", "train")
+    again.load_state_dict(fresh.state_dict())
+    assert fresh.state_dict() == {"epoch": 1, "batches_yielded": 3}
+    for resumed, expected in zip(again, epoch[3:], strict=True):
+        torch.testing.assert_close(resumed.root_inputs["protein"]["input_ids"], expected, rtol=0, atol=0)
     with pytest.raises(
         ValueError, match=r"batches_yielded=9 for epoch 1; expected 0 <= batches_yielded <= 5"
     ):

@@ -233,8 +233,10 @@ class NeuralTreeSystem(pl.LightningModule):
     def on_train_start(self) -> None:
         # Mid-epoch resume: Lightning restores the train loaders' positions (ResumableDataLoader.state_dict)
         # only when it builds them after restoring the checkpoint; configure_optimizers builds them earlier
-        # (estimated_stepping_batches), so apply the restored positions now, before the first batch. A no-op
-        # when there is nothing to restore or Lightning already did it (it empties the pending list).
+        # (estimated_stepping_batches), so apply the restored positions now, before the first batch
+        # (Lightning-AI/pytorch-lightning#20550). Our loaders iterate lazily, so the iterator Lightning made
+        # before the restore still starts at the restored position. A no-op when there is nothing to restore or
+        # Lightning already did it (it empties the pending list).
         self.trainer.fit_loop._load_combined_loader_states()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
