@@ -7,10 +7,12 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import rbd_slice, tiny_setup
+from helpers import rbd_slice, tiny_config, tiny_setup
 
 from cortex.data.datamodule import TreeDataModule
 from cortex.data.tables import RandomSplit, TableData
+from cortex.model import NeuralTreeModel
+from cortex.tasks.language_model import MLMTask
 from cortex.training import EMA, NeuralTreeSystem
 
 EPOCHS = 2
@@ -29,6 +31,18 @@ class KillAfter(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= self.steps:
             raise Killed(f"killed after {trainer.global_step} steps")
+
+
+class ValidationLog(pl.Callback):
+    """Records every task's validation metrics after every validation (an MLM task's are computed on inputs
+    masked with draws from the global RNG)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        metrics = trainer.callback_metrics
+        self.seen.append({key: float(value) for key, value in metrics.items() if "/val_" in key})
 
 
 class BatchLog(pl.Callback):
@@ -52,11 +66,22 @@ def _fit(
     checkpoint=None,
     log=None,
     other_expr_rows=None,
+    mlm=False,
     **trainer_kwargs,
 ):
     torch.manual_seed(0)
     model, tasks, corruption, datamodule = tiny_setup(dropout=0.1)
     datamodule.num_workers = num_workers
+    if mlm:
+        # An MLM leaf: its validation masks at noise level 0.5, drawing from the global RNG.
+        config = tiny_config(dropout=0.1)
+        config.branches["generation"] = {"type": "conv1d", "out_dim": 8, "channel_dim": 8}
+        config.leaves["mlm"] = {"type": "mlm", "branch": "generation", "root": "protein"}
+        model = NeuralTreeModel(type(config)(**config.to_dict()))
+        tasks = [*tasks, MLMTask("mlm", "mlm", {"protein": "sequence"}, data=tasks[0].data)]
+        datamodule = TreeDataModule(
+            tasks, model=model, batch_size=16, eval_batch_size=64, num_workers=num_workers
+        )
     if other_expr_rows is not None:
         # "expr" trains on its own, smaller table: its loader is cycled within each epoch.
         expr = TableData(
@@ -75,8 +100,8 @@ def _fit(
     system = NeuralTreeSystem(
         model, tasks, corruption, optim={"lr": 1e-2, "warmup_steps": 2}, strategy=strategy, seed=3
     )
-    log, ema = log or BatchLog(), EMA(decay=0.8)
-    callbacks = [ema, log]
+    log, ema, validation = log or BatchLog(), EMA(decay=0.8), ValidationLog()
+    callbacks = [ema, log, validation]
     if checkpoint is not None:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, **checkpoint))
     if kill_after is not None:
@@ -96,6 +121,7 @@ def _fit(
         **trainer_kwargs,
     )
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.validation_log = validation.seen
     return system, ema, log, trainer
 
 
@@ -120,6 +146,8 @@ CASES = {
         4,
     ),
     # "expr" has 3 batches per epoch, cycled to the 5 of "bind": the checkpoint is in expr's second pass.
+    # An MLM leaf too: its training and validation inputs are masked with global RNG draws.
+    "joint-mlm-mid-epoch": ("joint", {"mlm": True}, {"every_n_train_steps": 3}, 7, 6, 6),
     "joint-max_size_cycle-unequal-tasks": (
         "joint",
         {"other_expr_rows": 48},
@@ -159,6 +187,11 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(
     # The remaining batches of the interrupted epoch, then the later ones, exactly as uninterrupted.
     assert resumed_log.seen == full_log.seen[done:]
     assert resumed_trainer.global_step == full_trainer.global_step
+    # Validations after the resume log what the uninterrupted run logged. (A checkpoint written after an
+    # epoch's last batch resumes past that epoch's validation: Lightning does not run it again.)
+    validations = len(resumed_trainer.validation_log)
+    assert validations > 0 and resumed_trainer.validation_log == full_trainer.validation_log[-validations:]
+    assert all(resumed_trainer.validation_log)
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
     for key, value in full_state.items():
         torch.testing.assert_close(resumed_state[key], value, rtol=0, atol=0, msg=key)
