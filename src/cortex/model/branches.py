@@ -48,7 +48,7 @@ def _zero_block_projection(config: Conv1dBranchConfig | TransformerBranchConfig,
 class Conv1dBranchMember(nn.Module):
     """Conv1d residual blocks on (B, L, D) features (channel-first inside), then pooling."""
 
-    def __init__(self, config: Conv1dBranchConfig, in_dim: int):
+    def __init__(self, config: Conv1dBranchConfig, in_dim: int, max_length: int | None = None):
         super().__init__()
         widths = _branch_widths(config, in_dim)
         last = len(widths) - 1
@@ -64,7 +64,9 @@ class Conv1dBranchMember(nn.Module):
             )
             for index, (w_in, w_out) in enumerate(widths)
         )
-        self.pooling = build_pooling(config.pooling, config.out_dim, config.num_pooling_heads)
+        self.pooling = build_pooling(
+            config.pooling, config.out_dim, config.num_pooling_heads, max_length=max_length
+        )
 
     def receptive_radius(self) -> int:
         """Radius of the per-position features: the sum of the blocks' radii (0 without blocks)."""
@@ -82,7 +84,7 @@ class Conv1dBranchMember(nn.Module):
 class TransformerBranchMember(nn.Module):
     """Transformer blocks on (B, L, D), then pooling."""
 
-    def __init__(self, config: TransformerBranchConfig, in_dim: int):
+    def __init__(self, config: TransformerBranchConfig, in_dim: int, max_length: int | None = None):
         super().__init__()
         widths = _branch_widths(config, in_dim)
         self.projection = _zero_block_projection(config, in_dim)
@@ -92,6 +94,7 @@ class TransformerBranchMember(nn.Module):
             config.out_dim,
             config.num_pooling_heads,
             mask_padding=config.mask_padding_in_attention,
+            max_length=max_length,
         )
 
     def receptive_radius(self) -> int | None:
@@ -108,7 +111,7 @@ class TransformerBranchMember(nn.Module):
 class MLPBranchMember(nn.Module):
     """Per-position MLP: num_layers x [Linear(., hidden_dim), GELU, Dropout] then Linear(., out_dim); pooling."""
 
-    def __init__(self, config: MLPBranchConfig, in_dim: int):
+    def __init__(self, config: MLPBranchConfig, in_dim: int, max_length: int | None = None):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
@@ -117,7 +120,9 @@ class MLPBranchMember(nn.Module):
             width = config.hidden_dim
         layers.append(nn.Linear(width, config.out_dim))
         self.encoder = nn.Sequential(*layers)
-        self.pooling = build_pooling(config.pooling, config.out_dim, config.num_pooling_heads)
+        self.pooling = build_pooling(
+            config.pooling, config.out_dim, config.num_pooling_heads, max_length=max_length
+        )
 
     def receptive_radius(self) -> int:
         """0: the MLP acts per position."""
@@ -136,14 +141,22 @@ MEMBER_CLASSES: dict[type, type] = {
 
 
 class Branch(nn.Module):
-    """`ensemble_size` independent members of one branch type; forward stacks their outputs along dim 0."""
+    """`ensemble_size` independent members of one branch type; forward stacks their outputs along dim 0.
+    max_length: the longest trunk input (positions), needed by "position_weighted" pooling."""
 
-    def __init__(self, config: Conv1dBranchConfig | TransformerBranchConfig | MLPBranchConfig, in_dim: int):
+    def __init__(
+        self,
+        config: Conv1dBranchConfig | TransformerBranchConfig | MLPBranchConfig,
+        in_dim: int,
+        max_length: int | None = None,
+    ):
         super().__init__()
         self.ensemble_size = config.ensemble_size
         self.out_dim = config.out_dim
         member_class = MEMBER_CLASSES[type(config)]
-        self.members = nn.ModuleList(member_class(config, in_dim) for _ in range(config.ensemble_size))
+        self.members = nn.ModuleList(
+            member_class(config, in_dim, max_length) for _ in range(config.ensemble_size)
+        )
 
     def receptive_radius(self) -> int | None:
         """R such that every member's per-position features (`last_hidden_state`) at i depend on the trunk

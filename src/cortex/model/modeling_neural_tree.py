@@ -111,8 +111,12 @@ class NeuralTreeModel(NeuralTreePreTrainedModel):
         self.trunk = build_trunk(
             config.trunk_config, [self.roots[r].out_dim for r in trunk_roots], config.trunk_width
         )
+        trunk_length = max(self.roots[r].max_length for r in trunk_roots)  # positions a branch can see
         self.branches = nn.ModuleDict(
-            {name: Branch(branch, config.trunk_width) for name, branch in config.branch_configs.items()}
+            {
+                name: Branch(branch, config.trunk_width, trunk_length)
+                for name, branch in config.branch_configs.items()
+            }
         )
         leaves = {}
         for name, leaf_config in config.leaf_configs.items():
