@@ -75,7 +75,7 @@ def train(args: argparse.Namespace) -> dict:
     system = NeuralTreeSystem(
         model, tasks, {"protein": MaskCorruption(ProteinTokenizer().mask_token_id)},
         optim={"lr": 5e-3, "betas": (0.99, 0.999), "warmup_steps": 0, "schedule": "constant"},
-        strategy=args.strategy, compile=args.compile,
+        strategy=args.strategy, compile={"mode": args.compile_mode} if args.compile else False,
     )  # fmt: skip
     timer = make_timer(
         pl.Callback, args.device, args.warmup_steps, args.measure_steps, args.profile_steps,
@@ -165,6 +165,9 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--strategy", default="joint", choices=["joint", "per_task"])
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)"
+    )
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--measure-steps", type=int, default=20)
@@ -186,7 +189,7 @@ def main() -> None:
     if not result:
         return  # a non-zero DDP rank: rank 0 writes the result
     result.update(side="ours", cortex_file=cortex.__file__, workload=args.workload, root=args.root,
-                  width=args.width, device=args.device, compile=args.compile, devices=args.devices,
+                  width=args.width, device=args.device, compile=args.compile and args.compile_mode, devices=args.devices,
                   **environment(args.device))  # fmt: skip
     write_json(args.out, result)
 

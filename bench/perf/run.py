@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=None, help="override the number of GFP rows loaded")
     parser.add_argument("--roots", default="conv1d,transformer", help="workload a's roots, e.g. conv1d")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled runs (cuda)")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode of the compiled runs (e.g. reduce-overhead)",
+    )
     parser.add_argument("--no-ddp", action="store_true", help="skip the 2-GPU DDP runs (cuda)")
     args = parser.parse_args(argv)  # fmt: skip
     workloads = set(args.workloads.split(","))
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
                     row["note"] = "pytorch-cortex 0.0.4 ships no TransformerRoot: ours only"
                 if size["compile"]:
                     row["ours_compiled"] = ours(*train_common, "--root", root, "--width", str(width),
-                                                "--num-workers", str(size["num_workers"]), "--compile")  # fmt: skip
+                                                "--num-workers", str(size["num_workers"]), "--compile",
+                                                "--compile-mode", args.compile_mode)  # fmt: skip
                 if cuda and not args.no_ddp and root == "conv1d" and _device_count(args.ours_python) >= 2:
                     row["ours_ddp2"] = ours(*train_common, "--root", root, "--width", str(width),
                                             "--num-workers", str(size["num_workers"]), "--devices", "2")  # fmt: skip
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"workload": "b", "config": f"b transformer {blocks}x{width} L256", "ours": ours(*b_args),
                "original": None, "note": "pytorch-cortex 0.0.4 ships no TransformerRoot: ours only"}  # fmt: skip
         if size["compile"]:
-            row["ours_compiled"] = ours(*b_args, "--compile")
+            row["ours_compiled"] = ours(*b_args, "--compile", "--compile-mode", args.compile_mode)
         record(row)
     if "c" in workloads:
         design = ["design", *size["design_cpu"]]
