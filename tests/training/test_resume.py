@@ -67,6 +67,7 @@ def _fit(
     log=None,
     other_expr_rows=None,
     mlm=False,
+    interval="step",
     **trainer_kwargs,
 ):
     torch.manual_seed(0)
@@ -98,7 +99,12 @@ def _fit(
             num_workers=num_workers,
         )
     system = NeuralTreeSystem(
-        model, tasks, corruption, optim={"lr": 1e-2, "warmup_steps": 2}, strategy=strategy, seed=3
+        model,
+        tasks,
+        corruption,
+        optim={"lr": 1e-2, "warmup_steps": 1, "interval": interval},
+        strategy=strategy,
+        seed=3,
     )
     log, ema, validation = log or BatchLog(), EMA(decay=0.8), ValidationLog()
     callbacks = [ema, log, validation]
@@ -148,6 +154,8 @@ CASES = {
     # "expr" has 3 batches per epoch, cycled to the 5 of "bind": the checkpoint is in expr's second pass.
     # An MLM leaf too: its training and validation inputs are masked with global RNG draws.
     "joint-mlm-mid-epoch": ("joint", {"mlm": True}, {"every_n_train_steps": 3}, 7, 6, 6),
+    # per_task steps an epoch-interval schedule itself at the epoch's last batch (trainer.is_last_batch).
+    "per_task-epoch-lr-schedule": ("per_task", {"interval": "epoch"}, {"every_n_train_steps": 6}, 14, 12, 6),
     "joint-max_size_cycle-unequal-tasks": (
         "joint",
         {"other_expr_rows": 48},
