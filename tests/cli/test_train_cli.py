@@ -120,3 +120,11 @@ def test_multirun_sweep_runs_every_job(tmp_path, table):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/model/config.json"))) == 2
+
+
+def test_logger_none_trains_without_the_learning_rate_monitor(tmp_path, table):
+    # LearningRateMonitor refuses a Trainer without a logger: logger=none must switch it off, not crash.
+    cfg = _compose(tmp_path, ["tasks=[rbd_bind]", "logger=none", "trainer.max_epochs=1"])
+    assert cfg.callbacks.lr_monitor is None and not cfg.logger
+    model_dir = run(cfg)
+    assert (model_dir / "config.json").is_file()

@@ -142,7 +142,8 @@ def build(cfg: DictConfig) -> tuple[NeuralTreeSystem, TreeDataModule, pl.Trainer
         seed=cfg.seed,
         compile=cfg.compile,
     )
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    # A callback set to null (e.g. `callbacks.lr_monitor=null`, or by logger=none) is left out.
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     loggers = [instantiate(log) for log in cfg.logger.values()] or False
     trainer_kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers}
     if cfg.strategy == "per_task" and cfg.trainer.get("strategy") == "ddp":
