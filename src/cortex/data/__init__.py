@@ -2,7 +2,13 @@
 the Lightning data module)."""
 
 from cortex.data.collate import RootEncoder, TreeBatch, TreeCollator, padded_length
-from cortex.data.samplers import EpochShuffleSampler, MinorityUpsampler, group_indices, round_robin_longest
+from cortex.data.samplers import (
+    EpochShuffleSampler,
+    MinorityUpsampler,
+    ResumableSampler,
+    group_indices,
+    round_robin_longest,
+)
 from cortex.data.tables import ColumnSplit, DropRows, GroupSplit, RandomSplit, TableData, load_table
 
 __all__ = [
@@ -12,6 +18,8 @@ __all__ = [
     "GroupSplit",
     "MinorityUpsampler",
     "RandomSplit",
+    "ResumableDataLoader",
+    "ResumableSampler",
     "RootEncoder",
     "TableData",
     "TreeBatch",
@@ -26,8 +34,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # TreeDataModule imports lightning (seconds); only code that builds loaders pays for it.
-    if name == "TreeDataModule":
-        from cortex.data.datamodule import TreeDataModule
+    if name in ("TreeDataModule", "ResumableDataLoader"):
+        from cortex.data import datamodule
 
-        return TreeDataModule
+        return getattr(datamodule, name)
     raise AttributeError(f"module 'cortex.data' has no attribute {name!r}")
