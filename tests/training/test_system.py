@@ -154,3 +154,19 @@ def test_bad_arguments_fail_naming_the_value(kwargs, key):
     arguments = {"corruption": corruption, **kwargs}
     with pytest.raises(ValueError, match=key):
         NeuralTreeSystem(model, tasks, **arguments)
+
+
+def test_batches_move_to_the_device_with_their_structure():
+    model, tasks, corruption, datamodule = tiny_setup()
+    system = NeuralTreeSystem(model, tasks, corruption)
+    datamodule.setup("fit")
+    batch, _, _ = next(iter(datamodule.train_dataloader()))  # CombinedLoader: (batch, index, loader index)
+    moved = system.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert set(moved) == set(batch)
+    for name, tree_batch in moved.items():
+        assert set(tree_batch.root_inputs["protein"]) == set(batch[name].root_inputs["protein"])
+        assert all(t.device.type == "meta" for t in tree_batch.root_inputs["protein"].values())
+        assert all(t.device.type == "meta" for t in tree_batch.labels.values())
+        assert set(tree_batch.labels) == set(batch[name].labels)
+    # anything else takes Lightning's path
+    assert system.transfer_batch_to_device([torch.ones(2)], torch.device("meta"), 0)[0].device.type == "meta"
