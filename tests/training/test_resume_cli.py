@@ -33,7 +33,7 @@ OVERRIDES = [
     "trainer.deterministic=true",
     "logger=csv",
     "callbacks.checkpoint.every_n_epochs=null",
-    f"+callbacks.checkpoint.every_n_train_steps={EVERY}",
+    f"callbacks.checkpoint.every_n_train_steps={EVERY}",
 ]
 
 
