@@ -4,6 +4,8 @@ transformer tree falls back to full-length occlusions."""
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pytest
 import torch
@@ -183,3 +185,23 @@ def test_transformer_tree_falls_back_to_full_length_occlusions():
     # An edit anywhere rescores the whole row: the step's PLL still equals a fresh full computation.
     state = sampler.run(rbd_sequences(2), 2)
     torch.testing.assert_close(state.pll, sampler.candidate_pll(state.input_ids, state.attention_mask))
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_eager_windowed_populations():
+    model = conv_tree(*SHAPES["k3"], seed=3)
+    seeds = rbd_sequences(4)
+    eager = lambo(model).run(seeds, 2)
+    compiled_model = copy.deepcopy(model)
+    compiled_model.compile()
+    torch._dynamo.reset()
+    try:
+        sampler = lambo(compiled_model)
+        assert sampler.pll_radius == 4
+        compiled = sampler.run(seeds, 2)
+    finally:
+        torch._dynamo.reset()
+    assert compiled_model._compiled_call_impl is not None  # the model really ran compiled
+    assert torch.equal(compiled.input_ids, eager.input_ids)
+    assert [row["accepted"] for row in compiled.history] == [row["accepted"] for row in eager.history]
+    torch.testing.assert_close(compiled.pll_terms, eager.pll_terms, atol=1e-4, rtol=1e-4)
