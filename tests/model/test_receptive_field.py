@@ -154,3 +154,30 @@ def test_bad_names_are_value_errors():
         model.receptive_radius("protein", "nope")
     with pytest.raises(ValueError, match="unknown root 'dna'"):
         model.receptive_radius("dna", "mlm")
+
+
+def test_lora_on_conv_layers_keeps_the_radius_exact():
+    from cortex.peft import add_lora
+
+    model, radius = random_conv_tree(7)
+    encoded = gfp_ids(model)
+    plain = mlm_logits(model, encoded)
+    add_lora(model, roots=["protein"], target_modules=["conv_1", "conv_2"], r=2)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: make the adapters change the outputs
+            torch.nn.init.normal_(parameter)
+    assert model.receptive_radius("protein", "mlm") == radius
+    full = mlm_logits(model, encoded)
+    assert not torch.allclose(full, plain), (
+        "the adapters must change the outputs for the test to mean anything"
+    )
+    begin, position = 20, 20 + radius
+    columns = torch.arange(begin, begin + 2 * radius + 1)
+    window = {
+        "input_ids": encoded["input_ids"][:, columns],
+        "attention_mask": encoded["attention_mask"][:, columns],
+        "position_ids": columns.expand(2, -1),
+    }
+    torch.testing.assert_close(
+        mlm_logits(model, window)[:, :, radius], full[:, :, position], atol=1e-5, rtol=1e-5
+    )

@@ -91,6 +91,8 @@ class Conv1dResidBlock(nn.Module):
     ):
         super().__init__()
         self.mask_input = mask_input
+        # Kept here, not read from conv_1, which LoRA may wrap (cortex.peft).
+        self.kernel_size, self.dilation = kernel_size, dilation
         self.conv_1 = nn.Conv1d(
             in_channels, out_channels, kernel_size, padding="same", bias=False, dilation=dilation
         )
@@ -110,7 +112,7 @@ class Conv1dResidBlock(nn.Module):
     def receptive_radius(self) -> int:
         """Output position i reads inputs only at [i - R, i + R]: two convolutions; norms, masks and the
         projection act per position."""
-        return 2 * same_padding_radius(self.conv_1.kernel_size[0], self.conv_1.dilation[0])
+        return 2 * same_padding_radius(self.kernel_size, self.dilation)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask[:, None, :]  # (B, 1, L)
