@@ -32,6 +32,12 @@ def arguments(description: str, default_epochs: int) -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on GPU")
     parser.add_argument("--max-epochs", type=int, default=default_epochs)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop training after this many minutes (Lightning max_time; a guard for time-boxed runs)",
+    )
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output-dir", default="/tmp/cortex-bench", help="checkpoints, logs, saved models")
     parser.add_argument("--out", required=False, help="results JSON path")
@@ -68,6 +74,13 @@ def train_and_test(
         "logger=csv",
         "+trainer.enable_progress_bar=false",
     ]
+    if args.max_minutes is not None:
+        if not args.max_minutes > 0:
+            raise ValueError(f"--max-minutes={args.max_minutes}; expected > 0")
+        seconds = round(args.max_minutes * 60)
+        common.append(
+            f"+trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        )
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("train", overrides=[*common, *overrides, *args.overrides])
     with open_dict(cfg):

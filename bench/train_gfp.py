@@ -39,6 +39,8 @@ def main() -> None:
         [
             "tasks=[gfp_log_brightness]",
             "data=gfp",
+            # Site-specific readout: the mean-pooled default branch underfits this landscape (configs/branches).
+            "branches=[property_dms]",
             "data.gfp.source=" + str(source),
             "datamodule.eval_batch_size=256",
         ],

@@ -6,7 +6,11 @@ test Spearman per target, and the two-task ensemble's Gaussian NLL and 90% inter
 targets, in original units). Writes bench/results/rbd.json.
 
     .venv/bin/python bench/train_rbd.py --max-epochs 8 --num-threads 1                     # CPU
-    python bench/train_rbd.py --accelerator gpu --precision bf16-mixed --max-epochs 30       # GPU
+    python bench/train_rbd.py --accelerator gpu --precision bf16-mixed --max-epochs 30 --seeds 5 \
+        --num-threads 2 --parallel --workers 6                                             # GPU, 5 seeds
+
+With `--seeds N` every variant is trained with seeds 0..N-1; the headline keys are means over seeds (the
+two-task vs single-task comparison is on the means) and `per_seed` holds each seed's values.
 """
 
 from __future__ import annotations
@@ -30,54 +34,92 @@ TARGETS = {"rbd_bind": "bind_delta_log10Ka", "rbd_expr": "expr_delta_meanF"}
 def main() -> None:
     parser = arguments(__doc__, default_epochs=8)
     parser.add_argument("--ensemble-size", type=int, default=4)
-    parser.add_argument("--parallel", action="store_true", help="train the three trees in worker processes")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train every variant with seeds 0..N-1 (config `seed`: init, batch order, corruption; the split "
+        "stays fixed); results report per-seed values and compare the means",
+    )
+    parser.add_argument("--parallel", action="store_true", help="train the trees in worker processes")
     parser.add_argument(
         "--workers",
         type=int,
         default=3,
-        help="worker processes with --parallel (2: two-task | both single-task)",
+        help="worker processes with --parallel (jobs are submitted seed by seed: two-task, bind, expr)",
     )
     args = parser.parse_args()
+    if args.seeds < 1:
+        raise ValueError(f"--seeds={args.seeds}; expected at least 1")
     start = time.perf_counter()
     out = Path(args.out or Path(__file__).parent / "results" / "rbd.json")
     ensemble = [f"branches.property.ensemble_size={args.ensemble_size}", "data.rbd.source=" + str(DATA)]
     runs = {"two_task": [*ensemble, "tasks=[rbd_bind,rbd_expr]"]}
     runs.update({name: [*ensemble, f"tasks=[{name}]"] for name in TARGETS})
+    seeds = list(range(args.seeds))
+    jobs = {
+        (name, seed): (f"{name}/seed{seed}", [*overrides, f"seed={seed}"])
+        for seed in seeds
+        for name, overrides in runs.items()
+    }
     if args.parallel:
-        if not 1 <= args.workers <= len(runs):
-            raise ValueError(f"--workers={args.workers}; expected 1..{len(runs)}")
-        # Submission order two_task, rbd_bind, rbd_expr: with 2 workers the single-task trees share one.
+        if not 1 <= args.workers <= len(jobs):
+            raise ValueError(f"--workers={args.workers}; expected 1..{len(jobs)} (variants x seeds)")
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
             futures = {
-                name: pool.submit(train_and_test, name, args, overrides) for name, overrides in runs.items()
+                key: pool.submit(train_and_test, run_name, args, overrides)
+                for key, (run_name, overrides) in jobs.items()
             }
-            done = {name: future.result() for name, future in futures.items()}
+            done = {key: future.result() for key, future in futures.items()}
     else:
-        done = {name: train_and_test(name, args, overrides) for name, overrides in runs.items()}
-    two_task, minutes, frames = done["two_task"]
-    single = {name: done[name][0][name] for name in TARGETS}
-    # The rows of each split exactly as the two-task run saw them (position-held-out GroupSplit).
+        done = {key: train_and_test(run_name, args, overrides) for key, (run_name, overrides) in jobs.items()}
+    two_task = {seed: done["two_task", seed][0] for seed in seeds}
+    single = {seed: {name: done[name, seed][0][name] for name in TARGETS} for seed in seeds}
+    # The rows of each split exactly as the two-task run saw them (position-held-out GroupSplit, seed-independent).
+    frames = done["two_task", seeds[0]][2]
     ridge = {name: ridge_floor(frames[name], "sequence", column) for name, column in TARGETS.items()}
+    per_seed = {
+        "bind_spearman": [two_task[s]["rbd_bind"]["spearman"] for s in seeds],
+        "expr_spearman": [two_task[s]["rbd_expr"]["spearman"] for s in seeds],
+        "single_task_bind_spearman": [single[s]["rbd_bind"]["spearman"] for s in seeds],
+        "single_task_expr_spearman": [single[s]["rbd_expr"]["spearman"] for s in seeds],
+        "ensemble_nll": [
+            (two_task[s]["rbd_bind"]["nll"] + two_task[s]["rbd_expr"]["nll"]) / 2 for s in seeds
+        ],
+        "coverage_90": [
+            (two_task[s]["rbd_bind"]["coverage_90"] + two_task[s]["rbd_expr"]["coverage_90"]) / 2
+            for s in seeds
+        ],
+        "two_task_train_minutes": [done["two_task", s][1] for s in seeds],
+    }
+    means = {key: sum(values) / len(values) for key, values in per_seed.items()}
     total_minutes = (time.perf_counter() - start) / 60
     results = {
-        "bind_spearman": two_task["rbd_bind"]["spearman"],
-        "expr_spearman": two_task["rbd_expr"]["spearman"],
+        # Means over seeds; the two-task vs single-task comparison is on these means.
+        "bind_spearman": means["bind_spearman"],
+        "expr_spearman": means["expr_spearman"],
         # A one-hot model has no weight for a residue at a site it never saw mutated: on held-out sites its
         # predictions are constant and Spearman is undefined; that floor is reported as 0.
         "ridge_bind_spearman": _finite(ridge["rbd_bind"]["test_spearman"]),
         "ridge_expr_spearman": _finite(ridge["rbd_expr"]["test_spearman"]),
-        "single_task_bind_spearman": single["rbd_bind"]["spearman"],
-        "single_task_expr_spearman": single["rbd_expr"]["spearman"],
-        "ensemble_nll": (two_task["rbd_bind"]["nll"] + two_task["rbd_expr"]["nll"]) / 2,
-        "coverage_90": (two_task["rbd_bind"]["coverage_90"] + two_task["rbd_expr"]["coverage_90"]) / 2,
+        "single_task_bind_spearman": means["single_task_bind_spearman"],
+        "single_task_expr_spearman": means["single_task_expr_spearman"],
+        "ensemble_nll": means["ensemble_nll"],
+        "coverage_90": means["coverage_90"],
+        "two_task_at_least_single_task": {
+            "bind": means["bind_spearman"] >= means["single_task_bind_spearman"],
+            "expr": means["expr_spearman"] >= means["single_task_expr_spearman"],
+        },
+        "seeds": seeds,
+        "per_seed": per_seed,
         "ensemble_size": args.ensemble_size,
         "max_epochs": args.max_epochs,
         "epochs": args.max_epochs,
-        "two_task_train_minutes": minutes,
+        "two_task_train_minutes": means["two_task_train_minutes"],
         "minutes": total_minutes,
         "command": " ".join(["python", *sys.argv]),
-        "two_task_test": two_task,
-        "single_task_test": single,
+        "two_task_test": {str(s): two_task[s] for s in seeds},
+        "single_task_test": {str(s): single[s] for s in seeds},
         "ridge": ridge,
         "hardware": hardware(args),
     }
