@@ -63,7 +63,8 @@ from cortex.design.guidance import (
     reference_token_probs,
     sample_edit_positions,
 )
-from cortex.design.pll import pll_from_terms, pll_terms, rescore_positions
+from cortex.design.pll import pll_from_terms, rescore_positions
+from cortex.design.pll import pll_terms as occlusion_pll_terms
 from cortex.design.state import DesignState
 from cortex.model.trunks import TrunkOutput
 
@@ -608,7 +609,7 @@ class LaMBO2(nn.Module):
             if self.config.pll_batch_size is not None
             else (2**12 if input_ids.device.type == "cpu" else 2**18)
         )
-        return pll_terms(
+        return occlusion_pll_terms(
             self.model,
             self.root,
             self.mlm_leaf,
