@@ -570,7 +570,7 @@ class LaMBO2(nn.Module):
 
         candidate_terms (N, L): the candidates' terms under the same `is_excluded`. A proposal equal to its
         candidate reuses them. Since PLL <= 0, a proposal with (1 - w) * objective < reference cannot be accepted:
-        it is not scored (score and PLL -inf). The remaining proposals rescore only the positions whose term can
+        it is not scored (score and PLL -inf, terms left at the candidate's). The remaining proposals rescore only the positions whose term can
         differ from the candidate's (`rescore_positions`: within the receptive radius of an edit, or the whole
         row for a global model), in one `pll_terms` call (one host sync to gather the pairs)."""
         weight = self.config.acceptance_pll_weight
