@@ -45,6 +45,11 @@ def convert(summaries: list[dict]) -> tuple[dict, dict]:
             "ga_best_per_seed": ga["best_per_seed"],
             "ga_seeds": ga["seeds"],
             **({"lambo_cpu_s_per_seed": lambo["cpu_s_per_seed"]} if "cpu_s_per_seed" in lambo else {}),
+            **(
+                {"lambo_surrogate_spearman_mean": lambo["surrogate_spearman_mean"]}
+                if lambo.get("surrogate_spearman_mean") is not None
+                else {}
+            ),
         }
     gb1 = {}
     if "gb1" in merged:
@@ -80,6 +85,22 @@ def load_runs(state_dirs: list[str]) -> dict:
     return runs
 
 
+def load_histories(state_dirs: list[str]) -> dict:
+    """(problem, method, seed) -> the per-round history saved in each run state's metadata."""
+    from safetensors import safe_open
+
+    from cortex.design.loop import STATE_FILE
+
+    histories = {}
+    for directory in state_dirs:
+        for path in sorted(pathlib.Path(directory).glob(f"states/*/{STATE_FILE}")):
+            problem, rest = path.parent.name.split("_", 1)
+            method, seed = rest.rsplit("_s", 1)
+            with safe_open(str(path), framework="pt") as handle:
+                histories[(problem, method, int(seed))] = json.loads(handle.metadata()["history"])
+    return histories
+
+
 def plot_states(state_dirs: list[str], budget: int | None, path: str) -> None:
     """best_so_far PNG (cortex-bench's plot: median and min-max over seeds) from run states cut at `budget`."""
     import pandas as pd
@@ -94,7 +115,18 @@ def plot_states(state_dirs: list[str], budget: int | None, path: str) -> None:
         best = torch.nan_to_num(values[:cut], nan=-math.inf).cummax(0).values
         for index in range(best.numel()):
             rows.append(
-                (method, problem, seed, int(rounds[index]), index + 1, float(best[index]), None, None)
+                (
+                    method,
+                    problem,
+                    seed,
+                    int(rounds[index]),
+                    index + 1,
+                    float(best[index]),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
             )
     plot_best_so_far(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), path)
 
@@ -110,6 +142,7 @@ def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
     from cortex.design.loop import build_problem
 
     runs = load_runs(state_dirs)
+    histories = load_histories(state_dirs)
     cut = budget or min(values.numel() for values, _ in runs.values())
     summary: dict = {}
     for (problem, method, seed), (values, rounds) in sorted(runs.items()):
@@ -124,6 +157,12 @@ def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
                 "feasible": float(torch.isfinite(values[rounds > 0]).float().mean()),
                 "to_target": int(hit[0, 0]) + 1 if hit.numel() else None,
                 "target": target,
+                # Rounds measured within the cut: the proposing surrogate's Spearman on its batch.
+                "spearman": [
+                    row["surrogate_spearman"]
+                    for row in histories[(problem, method, seed)]
+                    if row.get("surrogate_spearman") is not None and row["num_evals"] <= cut
+                ],
             }
         )
     for methods in summary.values():
@@ -139,6 +178,11 @@ def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
                 "target_value": runs_[0]["target"],
                 "evals_to_target": to_target,
                 "median_evals_to_target": statistics.median(math.inf if r is None else r for r in to_target),
+                "surrogate_spearman_mean": (
+                    statistics.mean(x for r in runs_ for x in r["spearman"])
+                    if any(r["spearman"] for r in runs_)
+                    else None
+                ),
             }
     return summary
 
@@ -151,7 +195,13 @@ def main() -> None:
     )
     parser.add_argument("--budget", type=int, default=None, help="with --states: cut every run here")
     parser.add_argument("--plot", default=None, help="with --states: write the best-so-far PNG here")
-    parser.add_argument("--write-results", action="store_true", help="write bench/results/{ehrlich,gb1}.json")
+    parser.add_argument(
+        "--write-results", action="store_true", help="write {ehrlich,gb1}.json to --results-dir"
+    )
+    parser.add_argument(
+        "--results-dir", default=str(RESULTS), help="where --write-results writes (bench/results)"
+    )
+    parser.add_argument("--protocol", default=None, help="text stored as 'protocol' in every Ehrlich level")
     args = parser.parse_args()
     summaries = [json.loads(pathlib.Path(p).read_text()) for p in args.summary]
     if args.states:
@@ -159,12 +209,17 @@ def main() -> None:
         if args.plot:
             plot_states(args.states, args.budget, args.plot)
     ehrlich, gb1 = convert(summaries)
+    if args.protocol:
+        for level in ehrlich.values():
+            level["protocol"] = args.protocol
     print(json.dumps({"ehrlich": ehrlich, "gb1": gb1}, indent=2))
     if args.write_results:
+        results = pathlib.Path(args.results_dir)
+        results.mkdir(parents=True, exist_ok=True)
         if ehrlich:
-            (RESULTS / "ehrlich.json").write_text(json.dumps(ehrlich, indent=2) + "\n")
+            (results / "ehrlich.json").write_text(json.dumps(ehrlich, indent=2) + "\n")
         if gb1:
-            (RESULTS / "gb1.json").write_text(json.dumps(gb1, indent=2) + "\n")
+            (results / "gb1.json").write_text(json.dumps(gb1, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from cortex.benchmarks.blackbox import FunctionBlackBox
-from cortex.design.loop import ClosedLoop, DesignProblem, LoopConfig, build_problem, state_tokenizer
+from cortex.design.loop import (
+    ClosedLoop,
+    DesignProblem,
+    LoopConfig,
+    build_problem,
+    rank_transform,
+    roc_auc,
+    spearman,
+    state_tokenizer,
+)
 
 TINY = {
     "batch_size": 16,
@@ -76,6 +85,47 @@ def test_lambo_learns_feasibility_leaf(easy):
     proposed = result.values[result.rounds > 0]
     assert proposed.numel() == 32
     assert math.isfinite(float(result.best_so_far[-1]))
+    # Every LaMBO-2 round records how the surrogate that proposed the batch ranked it once measured.
+    assert result.history[0]["surrogate_spearman"] is None
+    for row in result.history[1:]:
+        assert -1.0 <= row["surrogate_spearman"] <= 1.0
+        assert row["feasible_auc"] is None or 0.0 <= row["feasible_auc"] <= 1.0
+
+
+def test_rank_transform_spearman_and_auc_on_known_values():
+    values = torch.tensor([0.1, math.nan, 0.0, 0.1, 0.5, -math.inf])
+    ranks = rank_transform(torch.where(values.isfinite(), values, torch.full_like(values, math.nan)))
+    assert torch.equal(ranks.isnan(), torch.tensor([False, True, False, False, False, True]))
+    assert ranks[[2, 0, 3, 4]].tolist() == [0.0, 0.5, 0.5, 1.0]  # ties share the mid-rank
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert spearman(x, x.exp()) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(x, torch.ones(4)) == 0.0
+    labels = torch.tensor([False, True, False, True])
+    assert roc_auc(x, labels) == pytest.approx(0.75)  # 3 of the 4 (positive, negative) pairs ordered right
+    assert roc_auc(torch.ones(4), labels) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc(x, torch.ones(4, dtype=torch.bool))
+
+
+def test_lambo_population_larger_than_batch_tiles_the_best_seeds(easy, tmp_path):
+    """A LaMBO-2 population of 48 from the 4 best measured sequences still measures batch_size new sequences a
+    round (chosen by acquisition), with rank-transformed targets."""
+    config = LoopConfig(
+        method="lambo",
+        **{**TINY, "num_rounds": 1},
+        lambo_population=48,
+        lambo_seed_pool=4,
+        target_transform="rank",
+    )
+    loop = ClosedLoop(easy, config, tmp_path)
+    result = loop.run()
+    assert result.values.numel() == 16 + 16
+    seeds = loop.lambo_seeds()
+    order = torch.sort(torch.nan_to_num(loop.values, nan=-math.inf), descending=True, stable=True).indices
+    assert len(seeds) == 48
+    assert seeds[:4] == easy.decode(loop.states[order[:4]]) == seeds[4:8]
+    assert len(set(seeds)) == 4
 
 
 def test_state_of_another_run_is_refused(easy, tmp_path):
@@ -103,6 +153,10 @@ def test_loop_rejects_bad_input(easy):
         LoopConfig(method="bayes")
     with pytest.raises(ValueError, match="batch_size is 0"):
         LoopConfig(batch_size=0)
+    with pytest.raises(ValueError, match="target_transform is 'log'"):
+        LoopConfig(target_transform="log")
+    with pytest.raises(ValueError, match="lambo_population is 0"):
+        LoopConfig(lambo_population=0)
     with pytest.raises(ValueError, match="kmer_screen is 0"):
         LoopConfig(kmer_screen=0)
     with pytest.raises(ValueError, match=r"max_property_noise_level is 1\.5"):
@@ -146,7 +200,7 @@ def test_kmer_screen_keeps_feasible_mutants():
     """Single-site mutants of DMP samples whose bigrams all occur in the measured feasible set are feasible far
     more often than unscreened mutants (the screen LaMBO-2 proposals pass on constrained problems)."""
     problem = build_problem("easy", initial_size=128)
-    loop = ClosedLoop(problem, LoopConfig(method="lambo", kmer_screen=2))
+    loop = ClosedLoop(problem, LoopConfig(method="lambo", kmer_screen=2, distinct_edits=True))
     loop.states = problem.initial_states
     loop.values = problem.black_box(problem.initial).float()
     generator = torch.Generator().manual_seed(1)
@@ -176,3 +230,30 @@ def test_mlm_learns_only_from_feasible_rows(easy):
     model = loop.train_surrogate(train_seed=0)
     after = {k: v for k, v in model.state_dict().items() if "generation" in k}
     assert before and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_select_batch_spreads_edits_and_screens_kmers():
+    """In acquisition order, a candidate repeating an edit already in the batch waits until distinct ones are
+    taken; candidates with unseen bigrams come after fully seen ones."""
+    alphabet = "ABCD"
+    problem = DesignProblem(
+        name="toy",
+        black_box=FunctionBlackBox(lambda batch: [0.0] * len(batch), length=4, alphabet=alphabet),
+        alphabet=alphabet,
+        initial=["AAAA", "ABAB", "ABBA"],
+        is_mutable=torch.ones(4, dtype=torch.bool),
+        learn_feasibility=True,
+        target_value=None,
+        tokenizer=state_tokenizer(alphabet),
+    )
+    loop = ClosedLoop(problem, LoopConfig(method="lambo", kmer_screen=2, distinct_edits=True))
+    loop.states, loop.values = problem.initial_states, torch.zeros(3)
+    parent = "AAAA"
+    proposals = ["BAAA", "BBAA", "AABA", "ADAA", "ABAA"]  # acquisition order; ADAA has unseen bigrams AD, DA
+    chosen = loop.select_batch(problem.encode(proposals), problem.encode([parent] * 5), 3)
+    # BBAA (bigrams all seen) repeats BAAA's edit (0, B): it waits; ADAA (unseen AD, DA) comes last anyway.
+    assert problem.decode(chosen) == ["BAAA", "AABA", "ABAA"]
+    plain = ClosedLoop(problem, LoopConfig(method="lambo", kmer_screen=None, distinct_edits=False))
+    plain.states, plain.values = loop.states, loop.values
+    chosen = plain.select_batch(problem.encode(proposals), problem.encode([parent] * 5), 3)
+    assert problem.decode(chosen) == proposals[:3]

@@ -58,6 +58,7 @@ STATE_FORMAT = "cortex-closed-loop-1"
 # Characters standing for Ehrlich states 0..v-1 (the surrogate reads strings).
 STATE_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits
 SPECIAL_TOKENS: tuple[str, ...] = ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>")
+TARGET_TRANSFORMS: tuple[str, ...] = ("none", "rank")
 
 
 # ---- problems --------------------------------------------------------------------------------------------------
@@ -210,7 +211,15 @@ class LoopConfig:
     from proposes allowed transitions), root_num_blocks / root_dilation (conv root depth and the dilation of
     its inner blocks: the receptive field must span a motif with its spacings), warm_start (start from the
     previous round's weights).
+    target_transform: "none" or "rank" (the objective regressor learns mid-ranks of the feasible values in [0, 1]:
+    monotone, so it changes no ordering, and it spreads skewed or multiplicative objectives evenly).
     LaMBO-2: lambo_steps, num_mutations_per_step, max_guidance_updates, guidance_step_size, kl_weight;
+    lambo_population (None: 4 * batch_size) candidates started from the lambo_seed_pool (None: batch_size // 2)
+    best measured sequences, repeated; the batch is then chosen among every candidate visited, by acquisition;
+    seed_crossover: fraction of the LaMBO-2 population that starts from one-point crossovers of two pool members
+    instead of a pool member;
+    distinct_edits: no two sequences of a batch share an edit away from their seed while others are left
+    (`select_batch`);
     kmer_screen (None: off; problems with a feasibility constraint only): LaMBO-2 proposals whose windows of
     this many consecutive tokens all occur in measured feasible sequences are measured first (then those with
     the fewest unseen windows). A screen that
@@ -240,9 +249,14 @@ class LoopConfig:
     root_num_blocks: int = 4
     root_dilation: int = 2
     warm_start: bool = True
+    target_transform: str = "rank"
     lambo_steps: int = 16
-    num_mutations_per_step: int = 1
+    lambo_population: int | None = None
+    lambo_seed_pool: int | None = None
+    seed_crossover: float = 0.0
+    num_mutations_per_step: int = 2
     kmer_screen: int | None = 2
+    distinct_edits: bool = False
     max_guidance_updates: int = 4
     guidance_step_size: float = 0.1
     kl_weight: float = 0.0
@@ -267,6 +281,18 @@ class LoopConfig:
         for name in ("max_noise_level", "max_property_noise_level"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"LoopConfig.{name} is {getattr(self, name)!r}; expected a float in [0, 1]")
+        if self.target_transform not in TARGET_TRANSFORMS:
+            raise ValueError(
+                f"LoopConfig.target_transform is {self.target_transform!r}; expected one of {TARGET_TRANSFORMS}"
+            )
+        for name in ("lambo_population", "lambo_seed_pool"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"LoopConfig.{name} is {value!r}; expected None or an int >= 1")
+        if not 0.0 <= self.seed_crossover <= 1.0:
+            raise ValueError(
+                f"LoopConfig.seed_crossover is {self.seed_crossover!r}; expected a float in [0, 1]"
+            )
         if self.kmer_screen is not None and (not isinstance(self.kmer_screen, int) or self.kmer_screen < 1):
             raise ValueError(f"LoopConfig.kmer_screen is {self.kmer_screen!r}; expected None or an int >= 1")
         if not isinstance(self.presolve_rounds, int) or self.presolve_rounds < 0:
@@ -322,6 +348,7 @@ class ClosedLoop:
                 f"expected budget >= {len(problem.initial)}"
             )
         self.model: NeuralTreeModel | None = None
+        self.surrogate_quality: dict[str, float | None] | None = None
 
     # ---- data ----------------------------------------------------------------------------------------------
 
@@ -347,13 +374,17 @@ class ClosedLoop:
 
     def _novel(self, proposals: torch.Tensor, limit: int) -> torch.Tensor:
         """The first `limit` distinct rows of (B, L) proposals not in the data, in order."""
+        return proposals[self._novel_index(proposals, limit)]
+
+    def _novel_index(self, proposals: torch.Tensor, limit: int) -> torch.Tensor:
+        """(K,) int64 indices of the first `limit` distinct rows of (B, L) proposals not in the data, in order."""
         known = set(map(tuple, self.states.tolist()))
         keep = []
         for index, row in enumerate(map(tuple, proposals.tolist())):
             if row not in known and len(keep) < limit:
                 known.add(row)
                 keep.append(index)
-        return proposals[keep]
+        return torch.tensor(keep, dtype=torch.int64)
 
     # ---- run -----------------------------------------------------------------------------------------------
 
@@ -400,6 +431,9 @@ class ClosedLoop:
         return LoopResult(self.states, self.values, self.rounds, list(self.history), self.stop_reason)
 
     def _record(self, num_proposed: int) -> None:
+        # Only LaMBO-2 rounds measure the surrogate's predictions (None for the starting set and baselines).
+        quality = self.surrogate_quality or {"surrogate_spearman": None, "feasible_auc": None}
+        self.surrogate_quality = None
         new = self.rounds == self.round
         values = self.values[new]
         # None when the round measured nothing (a baseline generation answered from the data).
@@ -415,6 +449,7 @@ class ClosedLoop:
                 "best_so_far": float(best),
                 "feasible_frac": feasible,
                 "num_proposed": int(num_proposed),
+                **quality,
             }
         )
 
@@ -520,7 +555,10 @@ class ClosedLoop:
         sequences = self.problem.decode(self.states)
         encoded = model.tokenize(sequences, root="sequence")
         finite = torch.isfinite(self.values)
-        targets = torch.where(finite, self.values, torch.full_like(self.values, math.nan))[:, None]  # (N, 1)
+        targets = torch.where(finite, self.values, torch.full_like(self.values, math.nan))
+        if cfg.target_transform == "rank":
+            targets = rank_transform(targets)
+        targets = targets[:, None]  # (N, 1)
         model.leaves["objective"].fit_target_standardization(targets)
         device = torch.device(cfg.device)
         encoded = {name: value.to(device) for name, value in encoded.items()}
@@ -582,9 +620,7 @@ class ClosedLoop:
         cfg = self.config
         train_seed, lambo_seed = self._draw_seed(), self._draw_seed()
         model = self.train_surrogate(train_seed)
-        # Seeds: the best measured sequences (stable order among ties), infeasible ones last.
-        order = torch.sort(torch.nan_to_num(self.values, nan=-math.inf), descending=True, stable=True).indices
-        seeds = self.problem.decode(self.states[order[: cfg.batch_size]])
+        seeds = self.lambo_seeds()
         objective = AcquisitionObjective(
             [("objective", 0)], ["feasible"] if self.problem.learn_feasibility else []
         )
@@ -604,31 +640,110 @@ class ClosedLoop:
             ),
         )
         state = sampler.run(seeds, num_steps=cfg.lambo_steps)
-        # Every candidate the trajectory visited, best acquisition first; measure the best new ones.
+        # Every candidate the trajectory visited (with the seed it came from), best acquisition first.
         rows = [row for row in state.history if row["step"] > 0]
         rows.sort(key=lambda row: -row["objective"])
-        proposals = (
-            self.problem.encode(
+        empty = torch.empty(0, self.problem.length, dtype=torch.int64)
+        proposals, parents = empty, empty
+        if rows:
+            proposals = self.problem.encode(
                 ["".join(row["sequence"].split()) for row in rows], where="LaMBO-2 candidates"
             )
-            if rows
-            else torch.empty(0, self.problem.length, dtype=torch.int64)
-        )
-        limit = min(remaining, cfg.batch_size)
+            parents = self.problem.encode([seeds[row["candidate"]] for row in rows], where="LaMBO-2 seeds")
+        novel = self.select_batch(proposals, parents, min(remaining, cfg.batch_size))
+        if novel.shape[0]:
+            values = self._evaluate(novel)
+            self._append(novel, values, self.round)
+            self.surrogate_quality = self.prospective_quality(model, novel, values)
+        return int(novel.shape[0])
+
+    def select_batch(self, proposals: torch.Tensor, parents: torch.Tensor, limit: int) -> torch.Tensor:
+        """Up to `limit` new sequences from (P, L) proposals in acquisition order, with (P, L) `parents` (the seed
+        each came from).
+
+        1. (`kmer_screen`, problems with a feasibility constraint) candidates with no unseen k-mer first, then
+           the fewest unseen: the batch is filled even when the data are too few to cover the allowed k-mers;
+        2. (`distinct_edits`) greedily, a candidate is taken only if none of its edits (position, token) away
+           from its parent is already in the batch; the candidates left fill the rest in order. Without it the
+           batch of a round piles up on one neutral edit of the best sequence and its combinations (Ehrlich
+           easy: the 64 best single mutants of the best sequence by acquisition held no improving one while the
+           surrogate ranked the improving ones in its top 20 %; bench/results/ehrlich.json).
+        """
+        cfg = self.config
+        index = self._novel_index(proposals, proposals.shape[0])
         if cfg.kmer_screen is not None and self.problem.learn_feasibility:
-            # Candidates with no unseen k-mer first (in acquisition order), then the fewest unseen: the batch is
-            # filled even when the data are too few to cover the allowed k-mers.
-            candidates = self._novel(proposals, proposals.shape[0])
-            unseen = self.unseen_kmers(candidates)
+            unseen = self.unseen_kmers(proposals[index])
             logger.info(
                 "k-mer screen: %d of %d candidates fully seen", int((unseen == 0).sum()), unseen.numel()
             )
-            novel = candidates[torch.sort(unseen, stable=True).indices[:limit]]
-        else:
-            novel = self._novel(proposals, limit)
-        if novel.shape[0]:
-            self._append(novel, self._evaluate(novel), self.round)
-        return int(novel.shape[0])
+            order = torch.sort(unseen, stable=True).indices
+            index, unseen = index[order], unseen[order]
+        if cfg.distinct_edits:
+            # Greedy over the screened order; a repeated edit only demotes a candidate within its k-mer tier.
+            chosen, used = [], set()
+            for i, (row, parent) in enumerate(
+                zip(proposals[index].tolist(), parents[index].tolist(), strict=True)
+            ):
+                edits = {(p, t) for p, (t, s) in enumerate(zip(row, parent, strict=True)) if t != s}
+                if len(chosen) < limit and not edits & used:
+                    chosen.append(i)
+                    used |= edits
+            repeated = torch.ones(index.numel(), dtype=torch.int64)
+            repeated[chosen] = 0
+            tier = (
+                unseen if cfg.kmer_screen is not None and self.problem.learn_feasibility else 0
+            ) * 2 + repeated
+            index = index[torch.sort(tier, stable=True).indices]
+        return proposals[index[:limit]]
+
+    @torch.inference_mode()
+    def prospective_quality(
+        self, model: NeuralTreeModel, states: torch.Tensor, values: torch.Tensor
+    ) -> dict[str, float | None]:
+        """How well the surrogate that proposed a batch predicted it (measured before it sees the batch):
+        `surrogate_spearman` between the ensemble-mean objective prediction and the measured value over the
+        feasible rows, `feasible_auc` of the feasibility leaf's probability against measured feasibility (None
+        where undefined: fewer than 3 feasible rows, or a single class). states (B, L), values (B,)."""
+        device = torch.device(self.config.device)
+        encoded = {
+            k: v.to(device) for k, v in model.tokenize(self.problem.decode(states), root="sequence").items()
+        }
+        leaves = ["objective", "feasible"] if self.problem.learn_feasibility else ["objective"]
+        outputs = model(root_inputs={"sequence": encoded}, leaves=leaves).leaf_outputs
+        predicted = outputs["objective"].loc.mean(0)[:, 0].float().cpu()  # (B,)
+        feasible = torch.isfinite(values)
+        quality: dict[str, float | None] = {"surrogate_spearman": None, "feasible_auc": None}
+        if int(feasible.sum()) >= 3:
+            quality["surrogate_spearman"] = spearman(predicted[feasible], values[feasible])
+        if self.problem.learn_feasibility and 0 < int(feasible.sum()) < feasible.numel():
+            probability = torch.softmax(outputs["feasible"].logits.float(), dim=-1)[..., 1].mean(0).cpu()
+            quality["feasible_auc"] = roc_auc(probability, feasible)
+        return quality
+
+    def lambo_seeds(self) -> list[str]:
+        """The LaMBO-2 seeds of a round: the `lambo_seed_pool` best measured sequences (stable order among ties,
+        infeasible ones last), repeated in that order up to `lambo_population` candidates.
+        A population larger than the batch gives the acquisition more candidates to choose the batch from."""
+        cfg = self.config
+        population = cfg.lambo_population or 4 * cfg.batch_size
+        pool = cfg.lambo_seed_pool or max(1, cfg.batch_size // 2)
+        order = torch.sort(torch.nan_to_num(self.values, nan=-math.inf), descending=True, stable=True).indices
+        best = order[: min(pool, population)]
+        states = self.states[best.repeat(math.ceil(population / best.numel()))[:population]]  # (P, L)
+        num_children = round(cfg.seed_crossover * population) if best.numel() > 1 else 0
+        if num_children:
+            # One-point crossovers of two different pool members replace the last seeds: recombination joins
+            # what different sequences got right, with a single new junction (one transition to check).
+            generator = torch.Generator().manual_seed(self._draw_seed())
+            first = torch.randint(best.numel(), (num_children,), generator=generator)
+            second = (
+                first + torch.randint(1, best.numel(), (num_children,), generator=generator)
+            ) % best.numel()
+            cut = torch.randint(1, self.problem.length, (num_children, 1), generator=generator)
+            left = torch.arange(self.problem.length)[None, :] < cut  # (C, L)
+            children = torch.where(left, self.states[best[first]], self.states[best[second]])
+            states = torch.cat([states[: population - num_children], children])
+        return self.problem.decode(states)
 
     def unseen_kmers(self, states: torch.Tensor) -> torch.Tensor:
         """(N,) int64 for (N, L) states: how many windows of `kmer_screen` consecutive tokens occur in no measured
@@ -710,6 +825,42 @@ class ClosedLoop:
         return True
 
 
+def rank_transform(values: torch.Tensor) -> torch.Tensor:
+    """(N,) values -> (N,) mid-ranks of the finite entries scaled to [0, 1] (ties share their mean rank; NaN
+    stays NaN). A monotone map, so the acquisition's ordering of predicted values is unchanged, while skewed or
+    multiplicative objectives (Ehrlich: a product of motif levels, most values near 0) become evenly spread
+    regression targets."""
+    finite = values.isfinite()
+    kept = values[finite]
+    if kept.numel() < 2:
+        return torch.where(finite, torch.full_like(values, 0.5), torch.full_like(values, math.nan))
+    ordered = kept.sort().values
+    below = torch.searchsorted(ordered, kept, side="left")  # (n,) entries strictly smaller
+    up_to = torch.searchsorted(ordered, kept, side="right")  # (n,) entries smaller or equal
+    ranks = (below + up_to - 1).float() / (2 * (kept.numel() - 1))
+    return torch.full_like(values, math.nan).masked_scatter(finite, ranks)
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation of two (N,) tensors (mid-ranks for ties; 0.0 when either is constant)."""
+    rx, ry = rank_transform(x.float()), rank_transform(y.float())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / denominator if denominator > 0 else 0.0
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of (N,) scores for (N,) bool labels (Mann-Whitney U with mid-ranks); both
+    classes must be present."""
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError(
+            f"roc_auc needs both classes; got {positives} positive and {negatives} negative labels"
+        )
+    ranks = rank_transform(scores.float()) * (scores.numel() - 1)  # 0-based mid-ranks
+    return (float(ranks[labels].sum()) - positives * (positives - 1) / 2) / (positives * negatives)
+
+
 def run_closed_loop(
     problem: DesignProblem, config: LoopConfig, state_dir: str | os.PathLike | None = None
 ) -> LoopResult:
@@ -726,6 +877,9 @@ __all__ = [
     "build_problem",
     "ehrlich_problem",
     "gb1_problem",
+    "rank_transform",
+    "roc_auc",
     "run_closed_loop",
+    "spearman",
     "state_tokenizer",
 ]
