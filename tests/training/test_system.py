@@ -170,3 +170,64 @@ def test_batches_move_to_the_device_with_their_structure():
         assert set(tree_batch.labels) == set(batch[name].labels)
     # anything else takes Lightning's path
     assert system.transfer_batch_to_device([torch.ones(2)], torch.device("meta"), 0)[0].device.type == "meta"
+
+
+class SavedActivations(pl.Callback):
+    """Peak bytes of tensors saved for backward and still alive, over training steps: every saved tensor is
+    packed into a holder that counts its bytes until autograd releases it."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+        self.hooks = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        meter = self
+
+        class Holder:
+            def __init__(self, tensor):
+                self.tensor, self.size = tensor, tensor.numel() * tensor.element_size()
+                meter.live += self.size
+                meter.peak = max(meter.peak, meter.live)
+
+            def __del__(self):
+                meter.live -= self.size
+
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(Holder, lambda holder: holder.tensor)
+        self.hooks.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.hooks.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_sequential_joint_backward_gives_the_summed_gradient_with_one_task_of_activations(
+    tmp_path, accumulate
+):
+    results = {}
+    for mode in ("sum", "sequential"):
+        torch.manual_seed(0)
+        model, tasks, corruption, datamodule = tiny_setup()
+        system = NeuralTreeSystem(model, tasks, corruption, joint_backward=mode)
+        meter = SavedActivations()
+        trainer = _trainer(
+            tmp_path / mode, [meter], max_epochs=1, limit_train_batches=4, limit_val_batches=0,
+            accumulate_grad_batches=accumulate,
+        )  # fmt: skip
+        trainer.fit(system, datamodule=datamodule)
+        results[mode] = (system.model.state_dict(), meter.peak)
+    (summed, summed_peak), (sequential, sequential_peak) = results["sum"], results["sequential"]
+    for key in summed:
+        torch.testing.assert_close(sequential[key], summed[key], rtol=1e-5, atol=1e-6)
+    # two tasks of similar size: the sequential peak holds about one task's activations
+    assert sequential_peak < 0.7 * summed_peak, (sequential_peak, summed_peak)
+
+
+def test_auto_joint_backward_is_sequential_on_one_process_and_bad_values_are_named(tmp_path):
+    model, tasks, corruption, datamodule = tiny_setup()
+    with pytest.raises(ValueError, match="joint_backward='both'"):
+        NeuralTreeSystem(model, tasks, corruption, joint_backward="both")
+    system = NeuralTreeSystem(model, tasks, corruption)
+    _trainer(tmp_path, [], max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(
+        system, datamodule=datamodule
+    )
+    assert system.joint_backward == "auto" and system._sequential_backward()

@@ -141,6 +141,7 @@ def build(cfg: DictConfig) -> tuple[NeuralTreeSystem, TreeDataModule, pl.Trainer
         gradient_clip_val=cfg.gradient_clip_val,
         seed=cfg.seed,
         compile=cfg.compile,
+        joint_backward=cfg.get("joint_backward", "auto"),
     )
     # A callback set to null (e.g. `callbacks.lr_monitor=null`, or by logger=none) is left out.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]

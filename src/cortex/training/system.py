@@ -7,8 +7,14 @@ timestep distribution, and tasks with `label_smoothing: noise_level` smooth thei
 evaluation the noise level is 0 for property tasks and 0.5 for masked language models.
 
 Optimisation strategies:
-  "joint" (default): one backward pass on sum_k weight_k * loss_k per batch, automatic optimisation, so
-      Lightning's gradient clipping, accumulation, mixed precision and DDP apply unchanged.
+  "joint" (default): one optimizer step on the gradient of sum_k weight_k * loss_k per batch, automatic
+      optimisation, so Lightning's gradient clipping, accumulation, mixed precision and DDP apply unchanged.
+      `joint_backward` says how that gradient is formed: "sum" runs one backward on the summed loss, so every
+      task's activations are alive at once; "sequential" runs each task's backward right after its forward
+      (through the strategy, so precision scaling and accumulation apply) and gradients accumulate, so the
+      peak holds one task's activations (the same gradient up to float summation order); "auto" (default)
+      is sequential on one process and sum under distributed strategies, whose gradient hooks expect one
+      backward per step.
   "per_task": the original's (spec 6.3, A8): for each task in order, zero_grad, backward of that task's loss,
       clip, optimizer step; one shared optimizer. The LR scheduler advances once per batch.
 
@@ -36,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 STRATEGIES = ("joint", "per_task")
+JOINT_BACKWARDS = ("auto", "sum", "sequential")
 # Noise level of each leaf type's inputs at evaluation (spec 5.6: property tasks clean, LM tasks 0.5).
 EVAL_NOISE_LEVELS: dict[str, float] = {"regressor": 0.0, "classifier": 0.0, "mlm": 0.5, "causal_lm": 0.0}
 
@@ -154,10 +161,14 @@ class NeuralTreeSystem(pl.LightningModule):
         gradient_clip_val: float | None = None,
         seed: int = 0,
         compile: bool | Mapping[str, Any] = False,
+        joint_backward: str = "auto",
     ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r}; expected one of {STRATEGIES}")
+        if joint_backward not in JOINT_BACKWARDS:
+            raise ValueError(f"joint_backward={joint_backward!r}; expected one of {JOINT_BACKWARDS}")
+        self.joint_backward = joint_backward
         self.model = model
         self.tasks = list(tasks)
         self.optim = optim if isinstance(optim, OptimizerConfig) else OptimizerConfig(**dict(optim or {}))
@@ -255,7 +266,7 @@ class NeuralTreeSystem(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         if self.automatic_optimization:
-            return self._joint_step(batch)
+            return self._joint_step(batch, batch_idx)
         return self._per_task_step(batch)
 
     def _log_losses(self, losses: dict[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
@@ -268,13 +279,47 @@ class NeuralTreeSystem(pl.LightningModule):
                 batch_size=batch[name].batch_size,
             )
 
-    def _joint_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        losses = {task.name: self.task_loss(task, batch[task.name]) for task in self.tasks}
-        total = torch.stack([self.task_weights[name] * loss.float() for name, loss in losses.items()]).sum()
+    def _sequential_backward(self) -> bool:
+        if self.joint_backward == "auto":
+            return self.trainer.world_size == 1
+        if self.joint_backward == "sequential" and self.trainer.world_size > 1:
+            raise ValueError(
+                f"joint_backward='sequential' with {self.trainer.world_size} processes; distributed gradient "
+                "hooks expect one backward per step: use 'sum' or 'auto'"
+            )
+        return self.joint_backward == "sequential"
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        # Lightning's automatic loop zeroes gradients after training_step, before the returned loss's backward:
+        # that would drop the gradients a sequential step already accumulated, so that step zeroes them itself.
+        if self.automatic_optimization and self._sequential_backward():
+            return
+        optimizer.zero_grad()
+
+    def _joint_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        if not self._sequential_backward():
+            losses = {task.name: self.task_loss(task, batch[task.name]) for task in self.tasks}
+            total = torch.stack(
+                [self.task_weights[name] * loss.float() for name, loss in losses.items()]
+            ).sum()
+            logged = total.detach()
+        else:
+            # Every task but the last: backward now, through the strategy (precision scaling, hooks), scaled as
+            # Lightning scales the returned loss under gradient accumulation; the last is returned as usual.
+            if batch_idx % self.trainer.accumulate_grad_batches == 0:  # where Lightning would zero them
+                self.optimizers().zero_grad()
+            losses, done = {}, []
+            for task in self.tasks[:-1]:
+                loss = self.task_loss(task, batch[task.name])
+                weighted = self.task_weights[task.name] * loss.float()
+                self.trainer.strategy.backward(weighted / self.trainer.accumulate_grad_batches, None)
+                losses[task.name], done = loss.detach(), [*done, weighted.detach()]
+            last = self.tasks[-1]
+            losses[last.name] = self.task_loss(last, batch[last.name])
+            total = self.task_weights[last.name] * losses[last.name].float()
+            logged = torch.stack([*done, total.detach()]).sum()
         self._log_losses(losses, batch)
-        self.log(
-            "train_loss", total.detach(), sync_dist=True, batch_size=batch[self.tasks[0].name].batch_size
-        )
+        self.log("train_loss", logged, sync_dist=True, batch_size=batch[self.tasks[0].name].batch_size)
         return total
 
     def _per_task_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
