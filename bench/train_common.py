@@ -59,7 +59,8 @@ def train_and_test(
     name: str, args: argparse.Namespace, overrides: list[str]
 ) -> tuple[dict[str, dict[str, float]], float, dict[str, dict[str, Any]]]:
     """Trains the config `train.yaml` + `overrides` and returns ({task: test metrics}, training minutes,
-    {task: {split: rows}} as the data module split them).
+    {task: {split: rows}} as the data module split them); each task's metrics also hold "validation" (the same
+    metrics of the final model on the validation split).
 
     Test metrics per task: spearman / pearson / rmse / nll / coverage_90 of the (EMA) model on the test split,
     with the ensemble's predictive (mean of member means, mean member variance + variance of member means)."""
@@ -92,18 +93,21 @@ def train_and_test(
     start = time.perf_counter()
     trainer.fit(system, datamodule=datamodule)
     minutes = (time.perf_counter() - start) / 60
-    return test_metrics(system, datamodule), minutes, datamodule.frames
+    results = test_metrics(system, datamodule, "test")
+    for task, metrics in test_metrics(system, datamodule, "validation").items():
+        results[task]["validation"] = metrics
+    return results, minutes, datamodule.frames
 
 
 @torch.no_grad()
-def test_metrics(system: Any, datamodule: Any) -> dict[str, dict[str, float]]:
-    """{task: {spearman, pearson, rmse, nll, coverage_90}} on each task's test split, at noise level 0."""
+def test_metrics(system: Any, datamodule: Any, split: str = "test") -> dict[str, dict[str, float]]:
+    """{task: {spearman, pearson, rmse, nll, coverage_90}} on each task's `split`, at noise level 0."""
     model = system.model.eval()
     device = next(model.parameters()).device
     results = {}
     for task in system.tasks:
         metric = RegressionMetrics()
-        for batch in datamodule.task_dataloader(task.name, "test"):
+        for batch in datamodule.task_dataloader(task.name, split):
             batch = batch.to(device)
             inputs = system.root_inputs(batch, 0.0)
             output = model(inputs, leaves=[task.leaf]).leaf_outputs[task.leaf]
