@@ -248,9 +248,9 @@ class PositionWeightedPooling(nn.Module):
 
     A site-specific readout for aligned sequences (deep mutational scans: position l is the same site in every
     row). Mean pooling of a translation-equivariant encoder gives a mutation nearly the same effect at every site;
-    with it a conv tree underfit avGFP (train and validation Spearman 0.21, bench/train_gfp.py), with this
-    pooling it reaches one-hot ridge level. Scale N(0, 1 / max_length) keeps the pooled sum O(1).
-    """
+    with it a conv tree underfit avGFP (train and validation Spearman 0.21, bench/train_gfp.py); with this
+    pooling the same tree reached validation / test Spearman 0.78 / 0.685 (one-hot ridge 0.81 / 0.70).
+    Init N(0, 1 / max_length) keeps the pooled sum O(1)."""
 
     def __init__(self, max_length: int, dim: int):
         super().__init__()
