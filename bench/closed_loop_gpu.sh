@@ -44,7 +44,7 @@ for level in easy medium; do
         problems="[$level]" methods="[$method]" seeds="[$seed]" num_threads=1 num_workers=1 \
         initial_size=512 loop.batch_size=128 loop.num_rounds=12 \
         loop.feature_dim=64 loop.train_batch_size=128 \
-        ${EXTRA[@]+"${EXTRA[@]}"} loop.device="$device" hydra.run.dir="$dir" \
+        ${EXTRA[@]+"${EXTRA[@]}"} ++loop.device="$device" hydra.run.dir="$dir" \
         >"$dir.log" 2>&1 &
       pids+=($!)
     done

@@ -257,3 +257,24 @@ def test_select_batch_spreads_edits_and_screens_kmers():
     plain.states, plain.values = loop.states, loop.values
     chosen = plain.select_batch(problem.encode(proposals), problem.encode([parent] * 5), 3)
     assert problem.decode(chosen) == proposals[:3]
+
+
+def test_crossover_seeds_join_two_pool_members(easy):
+    """With seed_crossover 0.25, the last quarter of the LaMBO-2 seeds are one-point crossovers: a prefix of one
+    of the 4 best sequences followed by the suffix of another."""
+    config = LoopConfig(method="lambo", lambo_population=48, lambo_seed_pool=4, seed_crossover=0.25)
+    loop = ClosedLoop(easy, config)
+    loop.states = easy.initial_states
+    loop.values = easy.black_box(easy.initial).float()
+    loop.generator = torch.Generator().manual_seed(0)
+    seeds = loop.lambo_seeds()
+    pool = seeds[:4]
+    assert len(seeds) == 48 and seeds[:36] == pool * 9
+    children = seeds[36:]
+    assert any(child not in pool for child in children)
+    for child in children:
+        assert any(
+            child == a[:cut] + b[cut:] for a in pool for b in pool if a != b for cut in range(1, easy.length)
+        ), child
+    with pytest.raises(ValueError, match=r"seed_crossover is 1\.5"):
+        LoopConfig(seed_crossover=1.5)
