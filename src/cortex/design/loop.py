@@ -256,7 +256,7 @@ class LoopConfig:
     seed_crossover: float = 0.0
     num_mutations_per_step: int = 2
     kmer_screen: int | None = 2
-    distinct_edits: bool = False
+    distinct_edits: bool = True
     max_guidance_updates: int = 4
     guidance_step_size: float = 0.1
     kl_weight: float = 0.0
@@ -664,7 +664,8 @@ class ClosedLoop:
         1. (`kmer_screen`, problems with a feasibility constraint) candidates with no unseen k-mer first, then
            the fewest unseen: the batch is filled even when the data are too few to cover the allowed k-mers;
         2. (`distinct_edits`) greedily, a candidate is taken only if none of its edits (position, token) away
-           from its parent is already in the batch; the candidates left fill the rest in order. Without it the
+           from its parent is already in the batch; a candidate repeating an edit moves behind the others of its
+           k-mer tier (the batch is still filled). Without it the
            batch of a round piles up on one neutral edit of the best sequence and its combinations (Ehrlich
            easy: the 64 best single mutants of the best sequence by acquisition held no improving one while the
            surrogate ranked the improving ones in its top 20 %; bench/results/ehrlich.json).
