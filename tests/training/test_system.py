@@ -231,3 +231,13 @@ def test_auto_joint_backward_is_sequential_on_one_process_and_bad_values_are_nam
         system, datamodule=datamodule
     )
     assert system.joint_backward == "auto" and system._sequential_backward()
+
+
+def test_cuda_graph_compile_modes_take_the_summed_backward(tmp_path):
+    model, tasks, corruption, _ = tiny_setup()
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        NeuralTreeSystem(
+            model, tasks, corruption, joint_backward="sequential", compile={"mode": "reduce-overhead"}
+        )
+    system = NeuralTreeSystem(model, tasks, corruption, compile={"mode": "reduce-overhead"})
+    assert system._cudagraphs and system.joint_backward == "auto"

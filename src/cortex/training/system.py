@@ -14,7 +14,7 @@ Optimisation strategies:
       (through the strategy, so precision scaling and accumulation apply) and gradients accumulate, so the
       peak holds one task's activations (the same gradient up to float summation order); "auto" (default)
       is sequential on one process and sum under distributed strategies, whose gradient hooks expect one
-      backward per step.
+      backward per step, and under CUDA-graph compile modes (CUDAGRAPH_MODES).
   "per_task": the original's (spec 6.3, A8): for each task in order, zero_grad, backward of that task's loss,
       clip, optimizer step; one shared optimizer. The LR scheduler advances once per batch.
 
@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 STRATEGIES = ("joint", "per_task")
 JOINT_BACKWARDS = ("auto", "sum", "sequential")
+# torch.compile modes that replay CUDA graphs: a graph replay overwrites the outputs of the previous replay, and
+# with a backward between two task forwards that failed on an H200 (torch 2.11, "accessing tensor output of
+# CUDAGraphs that has been overwritten by a subsequent run"), so these modes take the summed backward.
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Noise level of each leaf type's inputs at evaluation (spec 5.6: property tasks clean, LM tasks 0.5).
 EVAL_NOISE_LEVELS: dict[str, float] = {"regressor": 0.0, "classifier": 0.0, "mlm": 0.5, "causal_lm": 0.0}
 
@@ -169,6 +173,13 @@ class NeuralTreeSystem(pl.LightningModule):
         if joint_backward not in JOINT_BACKWARDS:
             raise ValueError(f"joint_backward={joint_backward!r}; expected one of {JOINT_BACKWARDS}")
         self.joint_backward = joint_backward
+        cudagraphs = (compile if isinstance(compile, Mapping) else {}).get("mode") in CUDAGRAPH_MODES
+        if joint_backward == "sequential" and cudagraphs:
+            raise ValueError(
+                f"joint_backward='sequential' with compile mode {compile['mode']!r} (CUDA graphs): a graph replay "
+                "overwrites the previous task's saved activations; use 'sum' or 'auto'"
+            )
+        self._cudagraphs = cudagraphs
         self.model = model
         self.tasks = list(tasks)
         self.optim = optim if isinstance(optim, OptimizerConfig) else OptimizerConfig(**dict(optim or {}))
@@ -281,7 +292,7 @@ class NeuralTreeSystem(pl.LightningModule):
 
     def _sequential_backward(self) -> bool:
         if self.joint_backward == "auto":
-            return self.trainer.world_size == 1
+            return self.trainer.world_size == 1 and not self._cudagraphs
         if self.joint_backward == "sequential" and self.trainer.world_size > 1:
             raise ValueError(
                 f"joint_backward='sequential' with {self.trainer.world_size} processes; distributed gradient "
