@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pandas as pd
 
 from cortex.corruption import MaskCorruption
@@ -79,3 +80,18 @@ def tiny_setup(num_rows: int = 96, batch_size: int = 16, dropout: float = 0.0):
     corruption = {"protein": MaskCorruption(ProteinTokenizer().mask_token_id)}
     datamodule = TreeDataModule(tasks, model=model, batch_size=batch_size, seed=0, eval_batch_size=64)
     return model, tasks, corruption, datamodule
+
+
+class Killed(RuntimeError):
+    """What `KillAfter` raises: a crash in the middle of training."""
+
+
+class KillAfter(pl.Callback):
+    """Ends training abruptly (an exception, as a crash would) once `steps` optimizer steps are done."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.steps:
+            raise Killed(f"killed after {trainer.global_step} steps")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import rbd_slice, tiny_config, tiny_setup
+from helpers import KillAfter, Killed, rbd_slice, tiny_config, tiny_setup
 
 from cortex.data.datamodule import TreeDataModule
 from cortex.data.tables import RandomSplit, TableData
@@ -16,21 +16,6 @@ from cortex.tasks.language_model import MLMTask
 from cortex.training import EMA, NeuralTreeSystem
 
 EPOCHS = 2
-
-
-class Killed(RuntimeError):
-    pass
-
-
-class KillAfter(pl.Callback):
-    """Ends training abruptly (an exception, as a crash would) once `steps` optimizer steps are done."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.steps:
-            raise Killed(f"killed after {trainer.global_step} steps")
 
 
 class ValidationLog(pl.Callback):

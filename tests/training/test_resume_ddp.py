@@ -17,24 +17,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import tiny_setup
+from helpers import KillAfter, Killed, tiny_setup
 
 from cortex.training import EMA, NeuralTreeSystem
 
 KILLED_EXIT = 3
-
-
-class Killed(RuntimeError):
-    pass
-
-
-class KillAfter(pl.Callback):
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.steps:
-            raise Killed(f"killed after {trainer.global_step} steps")
 
 
 class BatchLog(pl.Callback):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import tiny_setup
+from helpers import KillAfter, Killed, tiny_setup
 from safetensors.torch import load_file
 
 from cortex.training import EMA, NeuralTreeSystem, SavePretrained
@@ -64,21 +64,6 @@ def test_ema_weights_differ_from_raw_are_used_for_validation_and_saved(tmp_path)
         torch.testing.assert_close(value, averaged[key].cpu())
     # After fit the in-memory model holds the averages as well.
     torch.testing.assert_close(model.state_dict()[name], averaged[name])
-
-
-class Killed(RuntimeError):
-    pass
-
-
-class KillAfter(pl.Callback):
-    """Stops the process's training abruptly (an exception) after `steps` optimizer steps."""
-
-    def __init__(self, steps):
-        self.steps = steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.steps:
-            raise Killed(f"killed after {trainer.global_step} steps")
 
 
 def _fit(tmp_path, max_epochs, ckpt_path=None, strategy="joint", dropout=0.1, kill_after=None):
