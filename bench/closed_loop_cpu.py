@@ -69,6 +69,15 @@ def convert(summaries: list[dict]) -> tuple[dict, dict]:
     return ehrlich, gb1
 
 
+def _state_files(state_dirs: list[str], state_file: str):
+    """Yields ((problem, method, seed), path) for `<dir>/states/<problem>_<method>_s<seed>/<state_file>`."""
+    for directory in state_dirs:
+        for path in sorted(pathlib.Path(directory).glob(f"states/*/{state_file}")):
+            problem, rest = path.parent.name.split("_", 1)
+            method, seed = rest.rsplit("_s", 1)
+            yield (problem, method, int(seed)), path
+
+
 def load_runs(state_dirs: list[str]) -> dict:
     """(problem, method, seed) -> ((N,) values, (N,) rounds) from `<dir>/states/<problem>_<method>_s<seed>/`."""
     from safetensors.torch import load_file
@@ -76,12 +85,9 @@ def load_runs(state_dirs: list[str]) -> dict:
     from cortex.design.loop import STATE_FILE
 
     runs = {}
-    for directory in state_dirs:
-        for path in sorted(pathlib.Path(directory).glob(f"states/*/{STATE_FILE}")):
-            problem, rest = path.parent.name.split("_", 1)
-            method, seed = rest.rsplit("_s", 1)
-            tensors = load_file(str(path))
-            runs[(problem, method, int(seed))] = (tensors["values"], tensors["rounds"])
+    for key, path in _state_files(state_dirs, STATE_FILE):
+        tensors = load_file(str(path))
+        runs[key] = (tensors["values"], tensors["rounds"])
     return runs
 
 
@@ -92,12 +98,9 @@ def load_histories(state_dirs: list[str]) -> dict:
     from cortex.design.loop import STATE_FILE
 
     histories = {}
-    for directory in state_dirs:
-        for path in sorted(pathlib.Path(directory).glob(f"states/*/{STATE_FILE}")):
-            problem, rest = path.parent.name.split("_", 1)
-            method, seed = rest.rsplit("_s", 1)
-            with safe_open(str(path), framework="pt") as handle:
-                histories[(problem, method, int(seed))] = json.loads(handle.metadata()["history"])
+    for key, path in _state_files(state_dirs, STATE_FILE):
+        with safe_open(str(path), framework="pt") as handle:
+            histories[key] = json.loads(handle.metadata()["history"])
     return histories
 
 

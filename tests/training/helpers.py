@@ -95,3 +95,20 @@ class KillAfter(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= self.steps:
             raise Killed(f"killed after {trainer.global_step} steps")
+
+
+def quiet_trainer(root, callbacks, max_epochs: int = 2, **kwargs) -> pl.Trainer:
+    """A deterministic CPU Trainer without logger, progress bar, summary, sanity check or distributed sampler."""
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=root,
+        **kwargs,
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import KillAfter, Killed, rbd_slice, tiny_config, tiny_setup
+from helpers import KillAfter, Killed, quiet_trainer, rbd_slice, tiny_config, tiny_setup
 
 from cortex.data.datamodule import TreeDataModule
 from cortex.data.tables import RandomSplit, TableData
@@ -97,18 +97,11 @@ def _fit(
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=root, save_top_k=-1, **checkpoint))
     if kill_after is not None:
         callbacks.append(KillAfter(kill_after))
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        root,
+        callbacks,
         max_epochs=EPOCHS,
-        accelerator="cpu",
-        logger=False,
-        callbacks=callbacks,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=checkpoint is not None,
-        deterministic=True,
-        default_root_dir=root,
         **trainer_kwargs,
     )
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -5,26 +5,14 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import KillAfter, Killed, tiny_setup
+from helpers import KillAfter, Killed, quiet_trainer, tiny_setup
 from safetensors.torch import load_file
 
 from cortex.training import EMA, NeuralTreeSystem, SavePretrained
 
 
 def _trainer(tmp_path, callbacks, max_epochs=2, **kwargs):
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        callbacks=callbacks,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, callbacks, max_epochs=max_epochs, **kwargs)
 
 
 def test_ema_weights_differ_from_raw_are_used_for_validation_and_saved(tmp_path):
