@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
-# Runs every GPU benchmark in one call, on one CUDA device, writing results under $OUT (if set) or
-# bench/results/. Usage: OUT=/some/dir bash bench/gpu_suite.sh   (from the repository root or anywhere).
-# Each benchmark appends its own section below; a failing benchmark stops the suite (set -e) with its exit code.
-set -euo pipefail
+# The GPU benchmarks, in the order a 30-minute device session should spend its time, each section time-boxed so a
+# failure or a slow section does not take the rest down (each writes its own JSON/log under $OUT, or
+# bench/results/gpu/ without it). On the lent GPU machine, from the repository root, with ./.whl (and ./.whl-v1
+# for the original) carried along:
+#   source bench/device_env.sh && OUT=$OUT bash bench/gpu_suite.sh [sections...]
+# Sections: perf (issue 8, side by side with the original; needs 2 GPUs for DDP), lambo (issue 6 GPU step),
+# fsdp (issue 11), gfp and rbd (issue 4), closed_loop (issue 7). Default: all, in that order.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-RESULTS="${OUT:-bench/results}"
+RESULTS="${OUT:-bench/results/gpu}"
 mkdir -p "$RESULTS"
 export PYTHONPATH="${PWD}/src${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'gpu_suite.sh needs a CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
-
-# torch.compile: eager vs compiled training steps/s, (a) property+generation trees, (b) 12x768 MFU.
-"$PYTHON" bench/compile_speed.py --device cuda --precision bf16-mixed --out "$RESULTS/compile.json" \
-  2>&1 | tee "$RESULTS/compile_speed.log"
-
-# Training quality (issue 4): GFP TAPE-like test Spearman (target >= 0.68); RBD position-held-out two-task vs
-# single-task vs one-hot ridge, ensemble of 4 (NLL, 90% coverage).
-"$PYTHON" bench/train_gfp.py --accelerator gpu --precision bf16-mixed --max-epochs 20 --batch-size 128 \
-  --output-dir /tmp/cortex-bench --out "$RESULTS/gfp.json" 2>&1 | tee "$RESULTS/train_gfp.log"
-"$PYTHON" bench/train_rbd.py --accelerator gpu --precision bf16-mixed --max-epochs 30 \
-  --output-dir /tmp/cortex-bench --out "$RESULTS/rbd.json" 2>&1 | tee "$RESULTS/train_rbd.log"
+"$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'gpu_suite.sh needs a CUDA device'; print(torch.__version__, torch.cuda.get_device_name(), torch.cuda.device_count())" || exit 1
+# bench/closed_loop_gpu.sh calls `python`; the GPU machine has only python3 on its PATH.
+command -v python >/dev/null || { mkdir -p /tmp/cortex-bin; ln -sf "$(command -v python3)" /tmp/cortex-bin/python;
+  export PATH="/tmp/cortex-bin:$PATH"; }
+SECTIONS=("${@:-perf lambo fsdp gfp rbd closed_loop}")
+run() {  # run NAME SECONDS COMMAND...: time-boxed, logged, its exit status reported
+  local name=$1 seconds=$2; shift 2
+  timeout "$seconds" "$@" > "$RESULTS/$name.log" 2>&1
+  echo "$name: exit $? (log $RESULTS/$name.log)"
+}
+for section in ${SECTIONS[@]}; do
+  case $section in
+    perf) run perf 420 "$PYTHON" bench/perf/run.py --original-python "$(command -v "$PYTHON")" \
+            --original-pythonpath "${V1_SITE:-.whl-v1/site}" --ours-pythonpath "$PYTHONPATH" --device cuda \
+            --workloads a --roots conv1d --compile-mode reduce-overhead --timeout 120 --out "$RESULTS/perf.json" ;;
+    lambo) run lambo 90 "$PYTHON" bench/lambo_speed.py --device cuda --population 128 --steps 3 \
+             --output "$RESULTS/lambo_speed.json" ;;
+    fsdp) run fsdp 120 "$PYTHON" bench/fsdp_smoke.py --devices 2 --steps 20 ;;
+    gfp) run gfp 420 "$PYTHON" bench/train_gfp.py --accelerator gpu --max-epochs 15 --max-minutes 5.5 \
+           --num-threads 4 --out "$RESULTS/gfp.json" --output-dir /tmp/cortex-bench/gfp ;;
+    rbd) run rbd 420 "$PYTHON" bench/train_rbd.py --accelerator gpu --max-epochs 30 --seeds 5 --ensemble-size 4 \
+           --num-threads 2 --parallel --workers 8 --max-minutes 2.5 --out "$RESULTS/rbd.json" \
+           --output-dir /tmp/cortex-bench/rbd ;;
+    closed_loop) run closed_loop 560 bash bench/closed_loop_gpu.sh "$RESULTS/closed_loop" 450 ;;
+    *) echo "unknown section $section; expected perf lambo fsdp gfp rbd closed_loop" >&2; exit 2 ;;
+  esac
+done
