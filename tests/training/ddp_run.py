@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import tiny_setup
+from helpers import quiet_trainer, tiny_setup
 
 from cortex.training import NeuralTreeSystem
 
@@ -42,18 +42,8 @@ def main(out_dir: Path) -> None:
     model, tasks, corruption, datamodule = tiny_setup(num_rows=96, batch_size=12)
     system = NeuralTreeSystem(model, tasks, corruption, optim={"lr": 1e-2})
     record = Record()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        logger=False,
-        callbacks=[record],
-        use_distributed_sampler=False,  # cortex samplers shard themselves
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    trainer = quiet_trainer(
+        out_dir, [record], deterministic=False, devices=2, strategy="ddp", enable_checkpointing=False
     )
     trainer.fit(system, datamodule=datamodule)
     frames = {name: datamodule.frames[name]["train"] for name in record.indices}

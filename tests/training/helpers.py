@@ -97,18 +97,19 @@ class KillAfter(pl.Callback):
             raise Killed(f"killed after {trainer.global_step} steps")
 
 
-def quiet_trainer(root, callbacks, max_epochs: int = 2, **kwargs) -> pl.Trainer:
-    """A deterministic CPU Trainer without logger, progress bar, summary, sanity check or distributed sampler."""
+def quiet_trainer(root, callbacks, max_epochs: int = 2, deterministic: bool = True, **kwargs) -> pl.Trainer:
+    """A CPU Trainer without logger, progress bar, summary, sanity check or distributed sampler (cortex samplers
+    shard themselves); deterministic unless told otherwise."""
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
         logger=False,
-        callbacks=callbacks,
+        callbacks=list(callbacks),
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         enable_progress_bar=False,
         enable_model_summary=False,
-        deterministic=True,
+        deterministic=deterministic,
         default_root_dir=root,
         **kwargs,
     )

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import pandas as pd
 import pytest
 import torch
-from helpers import tiny_setup
+from helpers import quiet_trainer, tiny_setup
 from safetensors.torch import load_file
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
@@ -37,18 +37,7 @@ def fresh_dynamo():
 
 
 def _trainer(tmp_path, callbacks=(), **kwargs):
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        callbacks=list(callbacks),
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, callbacks, deterministic=False, enable_checkpointing=False, **kwargs)
 
 
 def test_compile_true_compiles_in_place_and_saved_model_loads(tmp_path):

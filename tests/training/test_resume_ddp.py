@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import KillAfter, Killed, tiny_setup
+from helpers import KillAfter, Killed, quiet_trainer, tiny_setup
 
 from cortex.training import EMA, NeuralTreeSystem
 
@@ -44,20 +44,8 @@ def main(out_dir: Path, ckpt_path: str | None, kill_after: int | None) -> None:
             KillAfter(kill_after),
             pl.callbacks.ModelCheckpoint(dirpath=out_dir, save_top_k=-1, every_n_train_steps=3),
         ]
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=2,
-        logger=False,
-        callbacks=callbacks,
-        use_distributed_sampler=False,  # cortex samplers shard themselves
-        enable_checkpointing=kill_after is not None,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        default_root_dir=out_dir,
+    trainer = quiet_trainer(
+        out_dir, callbacks, devices=2, strategy="ddp", enable_checkpointing=kill_after is not None
     )
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)

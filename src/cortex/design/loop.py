@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from torchmetrics.functional import spearman_corrcoef
+from torchmetrics.functional.classification import binary_auroc
 from transformers import PreTrainedTokenizerFast
 
 from cortex.benchmarks.baselines import DiscreteOptimizer, GeneticAlgorithm, RandomMutation
@@ -843,23 +845,23 @@ def rank_transform(values: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman rank correlation of two (N,) tensors (mid-ranks for ties; 0.0 when either is constant)."""
-    rx, ry = rank_transform(x.float()), rank_transform(y.float())
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = float(rx.norm() * ry.norm())
-    return float((rx * ry).sum()) / denominator if denominator > 0 else 0.0
+    """Spearman rank correlation of two (N,) tensors (torchmetrics, as the training metrics; 0.0 when either is
+    constant, where the correlation is undefined)."""
+    x, y = x.float(), y.float()
+    if x.numel() < 2 or bool((x == x[0]).all()) or bool((y == y[0]).all()):
+        return 0.0
+    return float(spearman_corrcoef(x, y))
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Area under the ROC curve of (N,) scores for (N,) bool labels (Mann-Whitney U with mid-ranks); both
-    classes must be present."""
+    """Area under the ROC curve of (N,) scores for (N,) bool labels (torchmetrics' binary AUROC; ties count
+    half); both classes must be present."""
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         raise ValueError(
             f"roc_auc needs both classes; got {positives} positive and {negatives} negative labels"
         )
-    ranks = rank_transform(scores.float()) * (scores.numel() - 1)  # 0-based mid-ranks
-    return (float(ranks[labels].sum()) - positives * (positives - 1) / 2) / (positives * negatives)
+    return float(binary_auroc(scores.float(), labels.long()))
 
 
 def run_closed_loop(
