@@ -297,3 +297,11 @@ def test_nan_and_infinite_targets_never_reach_a_batch():
     task = RegressionTask("t", "t", {"protein": "sequence"}, ["y"])
     with pytest.raises(ValueError, match=r"row 2 is inf"):
         task.prepare(frame, split="train")
+
+
+@pytest.mark.parametrize("separator", ["\x1c", "\x1d", "\x1e", "\x1f"])
+def test_information_separators_are_unknown_residues_not_whitespace(separator):
+    # str.isspace() is True for them, but the tokenizer maps them to <unk>: validation must refuse them.
+    with pytest.raises(ValueError, match=r"seqs\[0\] has unknown residue"):
+        TOKENIZER.validate_sequences([f"A{separator}C"], where="seqs")
+    TOKENIZER.validate_sequences(["A \tC\n"], where="seqs")  # whitespace the tokenizer drops stays allowed
