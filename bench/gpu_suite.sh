@@ -4,7 +4,8 @@
 # bench/results/gpu/ without it). On the lent GPU machine, from the repository root, with ./.whl (and ./.whl-v1
 # for the original) carried along:
 #   source bench/device_env.sh && OUT=$OUT bash bench/gpu_suite.sh [sections...]
-# Sections: perf (issue 8, side by side with the original; needs 2 GPUs for DDP), lambo (issue 6 GPU step),
+# Sections: perf128 and perf512 (issue 8, side by side with the original, one width each, merged afterwards by
+# bench/perf/run.py --merge; needs 2 GPUs for DDP), lambo (issue 6 GPU step),
 # fsdp (issue 11), gfp and rbd (issue 4), closed_loop (issue 7). Default: all, in that order.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ export PYTHONPATH="${PWD}/src${PYTHONPATH:+:$PYTHONPATH}"
 # bench/closed_loop_gpu.sh calls `python`; the GPU machine has only python3 on its PATH.
 command -v python >/dev/null || { mkdir -p /tmp/cortex-bin; ln -sf "$(command -v python3)" /tmp/cortex-bin/python;
   export PATH="/tmp/cortex-bin:$PATH"; }
-SECTIONS=("${@:-perf lambo fsdp gfp rbd closed_loop}")
+SECTIONS=("${@:-perf128 perf512 lambo fsdp gfp rbd closed_loop}")
 run() {  # run NAME SECONDS COMMAND...: time-boxed, logged, its exit status reported
   local name=$1 seconds=$2; shift 2
   timeout "$seconds" "$@" > "$RESULTS/$name.log" 2>&1
@@ -24,9 +25,10 @@ run() {  # run NAME SECONDS COMMAND...: time-boxed, logged, its exit status repo
 }
 for section in ${SECTIONS[@]}; do
   case $section in
-    perf) run perf 420 "$PYTHON" bench/perf/run.py --original-python "$(command -v "$PYTHON")" \
+    perf128|perf512) run "$section" 560 "$PYTHON" bench/perf/run.py --original-python "$(command -v "$PYTHON")" \
             --original-pythonpath "${V1_SITE:-.whl-v1/site}" --ours-pythonpath "$PYTHONPATH" --device cuda \
-            --workloads a --roots conv1d --compile-mode reduce-overhead --timeout 120 --out "$RESULTS/perf.json" ;;
+            --workloads a --roots conv1d --widths "${section#perf}" --compile-modes default,reduce-overhead \
+            --timeout 200 --out "$RESULTS/$section.json" ;;
     lambo) run lambo 90 "$PYTHON" bench/lambo_speed.py --device cuda --population 128 --steps 3 \
              --output "$RESULTS/lambo_speed.json" ;;
     fsdp) run fsdp 120 "$PYTHON" bench/fsdp_smoke.py --devices 2 --steps 20 ;;
@@ -36,6 +38,6 @@ for section in ${SECTIONS[@]}; do
            --num-threads 2 --parallel --workers 8 --max-minutes 2.5 --out "$RESULTS/rbd.json" \
            --output-dir /tmp/cortex-bench/rbd ;;
     closed_loop) run closed_loop 560 bash bench/closed_loop_gpu.sh "$RESULTS/closed_loop" 450 ;;
-    *) echo "unknown section $section; expected perf lambo fsdp gfp rbd closed_loop" >&2; exit 2 ;;
+    *) echo "unknown section $section; expected perf128 perf512 lambo fsdp gfp rbd closed_loop" >&2; exit 2 ;;
   esac
 done

@@ -10,6 +10,7 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def kernel_busy_fraction(trace_path: str | os.PathLike, wall_s: float) -> float:
     return busy / 1e6 / wall_s
 
 
+SYNC_STEPS = 5  # steps after the profile over which host-device synchronisations are counted
+
+
 def make_timer(
     base: type,
     device: str,
@@ -75,7 +79,9 @@ def make_timer(
 ) -> Any:
     """A Lightning callback (subclass of `base`, the side's own `Callback`) that times optimisation steps
     warmup_steps .. warmup_steps + measure_steps - 1 (data loading included, warm-up and compilation excluded)
-    and then, on CUDA, profiles `profile_steps` more steps for the GPU busy fraction. Results in `.result`."""
+    and then, on CUDA, profiles `profile_steps` more steps for the GPU busy fraction and counts, over
+    SYNC_STEPS more, the host-device synchronisations (torch.cuda.set_sync_debug_mode warnings; each one stops
+    the host from queueing ahead of the GPU). Results in `.result`."""
 
     class StepTimer(base):
         def __init__(self) -> None:
@@ -86,6 +92,8 @@ def make_timer(
             self.profiler = None
             self.last_end = None
             self.data_wait = 0.0  # seconds between a step's end and the next step's start, measured steps
+            self.sync_catcher = None
+            self.sync_records: list | None = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
             # The loop fetches (and moves to the device) the next batch between these two hooks.
@@ -123,7 +131,24 @@ def make_timer(
                         trainer.should_stop = True
             elif self.profiler is not None and self.batches == warmup_steps + measure_steps + profile_steps:
                 self._stop_profile()
+                self._start_sync_count()
+            elif self.sync_records is not None and self.batches == warmup_steps + measure_steps + profile_steps + SYNC_STEPS:
+                self._stop_sync_count()
                 trainer.should_stop = True
+
+        def _start_sync_count(self) -> None:
+            self.sync_catcher = warnings.catch_warnings(record=True)
+            self.sync_records = self.sync_catcher.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+        def _stop_sync_count(self) -> None:
+            torch.cuda.set_sync_debug_mode("default")
+            self.sync_catcher.__exit__(None, None, None)
+            syncs = [str(r.message) for r in self.sync_records if "synchroniz" in str(r.message)]
+            self.result["syncs_per_step"] = len(syncs) / SYNC_STEPS
+            self.result["sync_examples"] = sorted(set(syncs))[:5]
+            self.sync_records = None
 
         def _start_profile(self) -> None:
             from torch.profiler import ProfilerActivity, profile

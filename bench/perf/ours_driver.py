@@ -14,7 +14,7 @@ import argparse
 import time
 
 import torch
-from common import design_seed, environment, load_gfp, make_timer, synchronize, write_json
+from common import SYNC_STEPS, design_seed, environment, load_gfp, make_timer, synchronize, write_json
 
 import cortex  # this project (this file runs only in the project's environment)
 from cortex.corruption import MaskCorruption
@@ -86,7 +86,7 @@ def train(args: argparse.Namespace) -> dict:
         accelerator="gpu" if cuda else "cpu",
         devices=args.devices,
         strategy="ddp" if args.devices > 1 else "auto",
-        max_steps=args.warmup_steps + args.measure_steps + args.profile_steps + 1,
+        max_steps=args.warmup_steps + args.measure_steps + args.profile_steps + SYNC_STEPS + 1,
         max_epochs=1000,
         num_sanity_val_steps=0,
         limit_val_batches=0,

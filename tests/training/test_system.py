@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import pandas as pd
 import pytest
 import torch
 from helpers import KillAfter, Killed, quiet_trainer, tiny_setup
+from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
 
 from cortex.training import EMA, NeuralTreeSystem, SavePretrained
@@ -214,3 +216,30 @@ def test_cuda_graph_compile_modes_take_the_summed_backward(tmp_path):
         )
     system = NeuralTreeSystem(model, tasks, corruption, compile={"mode": "reduce-overhead"})
     assert system._cudagraphs and system.joint_backward == "auto"
+
+
+def test_training_losses_are_logged_on_the_loggers_steps_only(tmp_path):
+    """Each `self.log` costs host time (issue 8): training losses are logged where Lightning writes to the loggers
+    (every log_every_n_steps-th batch) and at an epoch's last batch, and the CSV logger gets those values."""
+    model, tasks, corruption, datamodule = tiny_setup(num_rows=96, batch_size=8)  # 72 train rows: 9 batches
+    system = NeuralTreeSystem(model, tasks, corruption)
+    logged_at = []
+    original_log = system.log
+
+    def counting_log(name, *args, **kwargs):
+        if name.endswith("train_loss"):
+            logged_at.append((system.trainer.fit_loop.epoch_loop.batch_idx, name))
+        return original_log(name, *args, **kwargs)
+
+    system.log = counting_log
+    trainer = quiet_trainer(tmp_path, [], max_epochs=1, limit_val_batches=0, log_every_n_steps=4)
+    trainer.loggers = [CSVLogger(tmp_path, name="csv")]
+    trainer.fit(system, datamodule=datamodule)
+    names = {"bind/train_loss", "expr/train_loss", "train_loss"}
+    steps = sorted({step for step, _ in logged_at})
+    assert steps == [3, 7, 8]  # batches 4 and 8 (log_every_n_steps=4) and the epoch's last (9th)
+    assert all({name for step, name in logged_at if step == s} == names for s in steps)
+    metrics = pd.read_csv(next(tmp_path.glob("csv/*/metrics.csv")))
+    written = metrics.dropna(subset=["train_loss"])
+    assert list(written["step"]) == [3, 7]
+    assert written[["bind/train_loss", "expr/train_loss"]].notna().all().all()
