@@ -119,8 +119,9 @@ class ConcatTrunkConfig:
 @dataclass
 class Conv1dBranchConfig:
     """Conv1d residual blocks then pooling; `ensemble_size` independent members. in_dim, if given, must equal
-    the trunk width. pooling: "mean", "weighted_mean", "attention" or "position_weighted" (one trainable weight
-    per position and channel, for aligned sequences such as deep mutational scans)."""
+    the trunk width. pooling: "mean", "max" (per-channel max over real positions: motif detectors), "weighted_mean",
+    "attention" or "position_weighted" (one trainable weight per position and channel, for aligned sequences such
+    as deep mutational scans)."""
 
     out_dim: int = 64
     channel_dim: int = 64

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BLOCK_TYPES: tuple[str, ...] = ("pre_ln", "cortex_v1")
-POOLING_TYPES: tuple[str, ...] = ("mean", "weighted_mean", "attention", "position_weighted")
+POOLING_TYPES: tuple[str, ...] = ("mean", "max", "weighted_mean", "attention", "position_weighted")
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -231,6 +231,21 @@ class MeanPooling(nn.Module):
         return (x * weights).sum(-2) / weights.sum(-2).clamp_min(1.0)
 
 
+class MaxPooling(nn.Module):
+    """(B, L, D), mask (B, L) -> (B, D): per-channel max over real positions (0 for a row without any).
+
+    Global max pooling makes each channel a motif detector that fires wherever the motif is (DeepBind, Alipanahi
+    et al. 2015): the natural readout for objectives that take the best placement of a pattern, such as Ehrlich
+    functions' max over motif offsets. Padding never wins: pad positions are set to the dtype's lowest value
+    before the max (a where, not a branch, so one graph serves every mask)."""
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        real = attention_mask.bool()[..., None]  # (B, L, 1)
+        lowest = torch.finfo(x.dtype).min
+        pooled = x.masked_fill(~real, lowest).amax(dim=-2)  # (B, D)
+        return pooled.masked_fill(~real.any(dim=-2), 0.0)
+
+
 class WeightedMeanPooling(nn.Module):
     """(B, L, D) -> (B, D): per-channel softmax over real positions of Linear(D, D)(x), then the weighted sum."""
 
@@ -319,6 +334,8 @@ def build_pooling(
     `max_length` (the longest input, in positions)."""
     if pooling == "mean":
         return MeanPooling()
+    if pooling == "max":
+        return MaxPooling()
     if pooling == "weighted_mean":
         return WeightedMeanPooling(dim)
     if pooling == "attention":
