@@ -145,9 +145,13 @@ def make_timer(
         def _stop_sync_count(self) -> None:
             torch.cuda.set_sync_debug_mode("default")
             self.sync_catcher.__exit__(None, None, None)
-            syncs = [str(r.message) for r in self.sync_records if "synchroniz" in str(r.message)]
+            syncs = [
+                f"{r.filename}:{r.lineno}: {r.message}"
+                for r in self.sync_records
+                if "called a synchronizing" in str(r.message)
+            ]
             self.result["syncs_per_step"] = len(syncs) / SYNC_STEPS
-            self.result["sync_examples"] = sorted(set(syncs))[:5]
+            self.result["sync_sites"] = sorted(set(syncs))[:10]  # the Python line each sync was called from
             self.sync_records = None
 
         def _start_profile(self) -> None:

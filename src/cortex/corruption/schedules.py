@@ -175,7 +175,10 @@ class TimestepSampler(nn.Module):
         ]
         t_original = torch.round(self.num_timesteps * u).to(torch.int32).long()  # original's t' in [0, T]
         t = torch.where(t_original == 0, t_original, self.num_timesteps + 1 - t_original)
-        return t.to(device if device is not None else self.noise_levels.device)
+        # The draw stays on the generator's device (the original's CPU RNG stream); a blocking host-to-GPU copy
+        # would synchronise the stream once a corrupted forward (issue 8 counted them with the CUDA sync debug
+        # mode), so it is queued instead: CUDA stages a pageable source before the call returns.
+        return t.to(device if device is not None else self.noise_levels.device, non_blocking=True)
 
     def sample_noise_level(
         self,

@@ -283,23 +283,37 @@ class NeuralTreeSystem(pl.LightningModule):
     def _logs_this_step(self) -> bool:
         """Whether the training losses are logged at this batch: on the steps where Lightning writes to the
         loggers (every `Trainer(log_every_n_steps)`, and when the run is stopping) and at an epoch's last batch.
-        Each `self.log` call costs about 1 ms of host time (Lightning moves its result object to the value's
-        device every call): three a step were a tenth of the host time of a small GPU step (issue 8). The
-        loggers receive the same values as with logging every step; the progress bar refreshes its loss values
-        on these steps (set log_every_n_steps=1 to see every step's)."""
+        The loggers receive the same values as with logging every step; the progress bar refreshes its loss
+        values on these steps (set log_every_n_steps=1 to see every step's)."""
         trainer = self.trainer
         return trainer._logger_connector.should_update_logs or trainer.is_last_batch
 
-    def _log_losses(self, losses: dict[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
+    def _log_losses(
+        self, losses: dict[str, torch.Tensor], batch: Mapping[str, Any], total: torch.Tensor | None = None
+    ) -> None:
+        """Logs each task's loss (progress bar too) and `total` as "train_loss", averaged over processes.
+
+        Host cost (issue 8, measured on an H200 with the CUDA sync debug mode): each `self.log` call costs about
+        1 ms of host time, and Lightning converts every progress-bar value to a Python number at every batch,
+        logged at that batch or not; a value on the GPU makes that a device synchronisation, which stops the host
+        from queueing the next step while the GPU runs this one. So the values are logged only on logging steps,
+        averaged over processes in one collective, and copied to the host once (one synchronisation per logging
+        step); Lightning's per-batch conversions then read host memory."""
         if not self._logs_this_step():
             return
-        for name, loss in losses.items():
+        names = list(losses) + (["train_loss"] if total is not None else [])
+        values = torch.stack(
+            [loss.detach().float() for loss in losses.values()]
+            + ([total.detach().float()] if total is not None else [])
+        )
+        values = self.trainer.strategy.reduce(values, reduce_op="mean").cpu()  # (num values,)
+        for name, value in zip(names, values):
+            task_batch = batch[name] if name in batch else batch[self.tasks[0].name]
             self.log(
-                f"{name}/train_loss",
-                loss.detach(),
-                prog_bar=True,
-                sync_dist=True,
-                batch_size=batch[name].batch_size,
+                name if name == "train_loss" else f"{name}/train_loss",
+                value,
+                prog_bar=name != "train_loss",
+                batch_size=task_batch.batch_size,
             )
 
     def _sequential_backward(self) -> bool:
@@ -341,9 +355,7 @@ class NeuralTreeSystem(pl.LightningModule):
             losses[last.name] = self.task_loss(last, batch[last.name])
             total = self.task_weights[last.name] * losses[last.name].float()
             logged = torch.stack([*done, total.detach()]).sum()
-        self._log_losses(losses, batch)
-        if self._logs_this_step():
-            self.log("train_loss", logged, sync_dist=True, batch_size=batch[self.tasks[0].name].batch_size)
+        self._log_losses(losses, batch, logged)
         return total
 
     def _per_task_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
