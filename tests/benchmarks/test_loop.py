@@ -161,6 +161,10 @@ def test_loop_rejects_bad_input(easy):
         LoopConfig(kmer_screen=0)
     with pytest.raises(ValueError, match=r"max_property_noise_level is 1\.5"):
         LoopConfig(max_property_noise_level=1.5)
+    with pytest.raises(ValueError, match="max_edit_distance is 0"):
+        LoopConfig(max_edit_distance=0)
+    with pytest.raises(ValueError, match="property_pooling is 'median'"):
+        LoopConfig(property_pooling="median")
     with pytest.raises(ValueError, match="budget 8 is smaller than the starting set"):
         ClosedLoop(easy, LoopConfig(budget=8))
     with pytest.raises(ValueError, match="has length 3; expected 32"):
@@ -278,3 +282,69 @@ def test_crossover_seeds_join_two_pool_members(easy):
         ), child
     with pytest.raises(ValueError, match=r"seed_crossover is 1\.5"):
         LoopConfig(seed_crossover=1.5)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_property_pooling_reaches_the_surrogate(easy, pooling):
+    """The property branch pools as configured; with max pooling the objective prediction of a sequence equals
+    the leaf applied to the per-channel max of the branch features."""
+    loop = ClosedLoop(easy, LoopConfig(property_pooling=pooling, **TINY))
+    assert loop.model_config().branch_configs["property"].pooling == pooling
+    model = loop._build_model(0).eval()
+    encoded = model.tokenize(easy.initial[:3], root="sequence")
+    with torch.no_grad():
+        out = model(root_inputs={"sequence": encoded}, leaves=["objective"])
+    hidden = out.branch_outputs["property"].last_hidden_state  # (E, B, L, D)
+    expected = hidden.amax(dim=2) if pooling == "max" else hidden.mean(dim=2)
+    torch.testing.assert_close(out.branch_outputs["property"].pooled, expected)
+
+
+def test_max_edit_distance_keeps_proposals_within_the_trust_region(easy):
+    """With max_edit_distance=1 every LaMBO-2 proposal of a round is a single mutant of one of the round's seeds
+    (the 4 best sequences of the starting set); without it the same round strays further."""
+    distances = {}
+    for budget in (1, None):
+        config = LoopConfig(
+            **{**TINY, "num_rounds": 1, "lambo_steps": 4}, lambo_seed_pool=4, max_edit_distance=budget
+        )
+        loop = ClosedLoop(easy, config)
+        loop.run()
+        start = loop.rounds == 0
+        order = torch.sort(torch.nan_to_num(loop.values[start], nan=-math.inf), descending=True, stable=True)
+        seeds = loop.states[start][order.indices[:4]]  # (4, L)
+        proposals = loop.states[loop.rounds == 1]  # (P, L)
+        assert proposals.shape[0] > 0
+        distances[budget] = (proposals[:, None, :] != seeds[None, :, :]).sum(-1).min(-1).values  # (P,)
+    assert int(distances[1].max()) == 1
+    assert int(distances[None].max()) > 1
+
+
+def test_kmer_explore_reserves_slots_for_one_unseen_kmer_not_proved_forbidden():
+    """With kmer_explore, the first candidate (acquisition order) with a single unseen bigram that no infeasible
+    measurement ruled out goes first; a bigram that was the only unseen one of an infeasible sequence is
+    forbidden."""
+    alphabet = "ABCD"
+    problem = DesignProblem(
+        name="toy",
+        black_box=FunctionBlackBox(lambda batch: [0.0] * len(batch), length=4, alphabet=alphabet),
+        alphabet=alphabet,
+        initial=["AAAA", "ABAB", "ABBA", "AAAD"],
+        is_mutable=torch.ones(4, dtype=torch.bool),
+        learn_feasibility=True,
+        target_value=None,
+        tokenizer=state_tokenizer(alphabet),
+    )
+    values = torch.tensor(
+        [0.0, 0.0, 0.0, -math.inf]
+    )  # AAAD is infeasible: AD, its only unseen bigram, is forbidden
+    # Acquisition order: ADAA has two unseen bigrams (AD, DA), BAAD the forbidden AD, AAAC one unknown (AC).
+    proposals = problem.encode(["ADAA", "BAAD", "AAAC", "BAAA", "AABA"])
+    parents = problem.encode(["AAAA"] * 5)
+    chosen = {}
+    for explore in (0.0, 1 / 3):
+        loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, kmer_explore=explore))
+        loop.states, loop.values = problem.initial_states, values
+        assert loop.forbidden_kmers().tolist() == [0 + 3 * 4]  # AD: A + 4 * D in base 4
+        chosen[explore] = problem.decode(loop.select_batch(proposals, parents, 2))
+    assert chosen[0.0] == ["BAAA", "AABA"]  # fully seen only
+    assert chosen[1 / 3] == ["AAAC", "BAAA"]  # round(2 / 3) = 1 slot explores AC; AD is never tested
