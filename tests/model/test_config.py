@@ -56,7 +56,7 @@ def _config(**changes):
             "ensemble_size must be a positive integer; got 0",
         ),
         ({"branches": {"b": tiny_branch("mlp", in_dim=12)}}, "in_dim 12 but the trunk width is 16"),
-        ({"branches": {"b": tiny_branch("mlp", pooling="max")}}, "unknown pooling 'max'"),
+        ({"branches": {"b": tiny_branch("mlp", pooling="median")}}, "unknown pooling 'median'"),
         ({"roots": {"seq": tiny_root("transformer", num_heads=3)}}, "not divisible by num_heads=3"),
         ({"roots": {"seq": tiny_root("transformer", block="post_ln")}}, "unknown block 'post_ln'"),
     ],
