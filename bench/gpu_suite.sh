@@ -5,7 +5,7 @@
 # for the original) carried along:
 #   source bench/device_env.sh && OUT=$OUT bash bench/gpu_suite.sh [sections...]
 # Sections: perf128 and perf512 (issue 8, side by side with the original, one width each, merged afterwards by
-# bench/perf/run.py --merge; needs 2 GPUs for DDP), lambo (issue 6 GPU step),
+# bench/perf/run.py --merge; needs 2 GPUs for DDP), hostprof (cProfile of our host time a step, w128, CUDA graphs), lambo (issue 6 GPU step),
 # fsdp (issue 11), gfp and rbd (issue 4), closed_loop (issue 7). Default: all, in that order.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,10 @@ for section in ${SECTIONS[@]}; do
             --original-pythonpath "${V1_SITE:-.whl-v1/site}" --ours-pythonpath "$PYTHONPATH" --device cuda \
             --workloads a --roots conv1d --widths "${section#perf}" --compile-modes default,reduce-overhead \
             --timeout 200 --out "$RESULTS/$section.json" ;;
+    hostprof) run hostprof 240 "$PYTHON" bench/perf/ours_driver.py train --device cuda --root conv1d --width 128 \
+                --rows 32768 --num-workers 6 --warmup-steps 15 --measure-steps 100 --profile-steps 20 --compile \
+                --compile-mode reduce-overhead --cprofile "$RESULTS/cprofile_ours_w128_reduce_overhead.txt" \
+                --out "$RESULTS/hostprof_w128_reduce_overhead.json" ;;
     lambo) run lambo 90 "$PYTHON" bench/lambo_speed.py --device cuda --population 128 --steps 3 \
              --output "$RESULTS/lambo_speed.json" ;;
     fsdp) run fsdp 120 "$PYTHON" bench/fsdp_smoke.py --devices 2 --steps 20 ;;
@@ -38,6 +42,12 @@ for section in ${SECTIONS[@]}; do
            --num-threads 2 --parallel --workers 8 --max-minutes 2.5 --out "$RESULTS/rbd.json" \
            --output-dir /tmp/cortex-bench/rbd ;;
     closed_loop) run closed_loop 560 bash bench/closed_loop_gpu.sh "$RESULTS/closed_loop" 450 ;;
-    *) echo "unknown section $section; expected perf128 perf512 lambo fsdp gfp rbd closed_loop" >&2; exit 2 ;;
+    *) echo "unknown section $section; expected perf128 perf512 hostprof lambo fsdp gfp rbd closed_loop" >&2; exit 2 ;;
   esac
 done
+# The per-width jobs of issue 8 merged into one perf.json (and its table), as BENCHMARKS.md records them.
+if [ -f "$RESULTS/perf128.json" ] && [ -f "$RESULTS/perf512.json" ]; then
+  "$PYTHON" bench/perf/run.py --merge "$RESULTS/perf128.json" "$RESULTS/perf512.json" \
+    bench/results/perf_gpu/c_design_cpu.json --device cuda --out "$RESULTS/perf.json" > "$RESULTS/perf_merge.log" 2>&1
+  echo "perf merge: exit $? ($RESULTS/perf.json)"
+fi

@@ -4,8 +4,11 @@ Lightning's `Callback` (present in Lightning 1.9 and 2.x)."""
 
 from __future__ import annotations
 
+import cProfile
+import io
 import json
 import os
+import pstats
 import resource
 import sys
 import tempfile
@@ -76,12 +79,15 @@ def make_timer(
     profile_steps: int,
     samples_in_batch: Any,
     world_size: int = 1,
+    cprofile_path: str | None = None,
 ) -> Any:
     """A Lightning callback (subclass of `base`, the side's own `Callback`) that times optimisation steps
     warmup_steps .. warmup_steps + measure_steps - 1 (data loading included, warm-up and compilation excluded)
     and then, on CUDA, profiles `profile_steps` more steps for the GPU busy fraction and counts, over
     SYNC_STEPS more, the host-device synchronisations (torch.cuda.set_sync_debug_mode warnings; each one stops
-    the host from queueing ahead of the GPU). Results in `.result`."""
+    the host from queueing ahead of the GPU). With `cprofile_path`, the host's Python time over the measured
+    steps is profiled (cProfile; compilation and warm-up excluded) and its tables written there. Results in
+    `.result`."""
 
     class StepTimer(base):
         def __init__(self) -> None:
@@ -93,6 +99,7 @@ def make_timer(
             self.last_end = None
             self.data_wait = 0.0  # seconds between a step's end and the next step's start, measured steps
             self.sync_catcher = None
+            self.cprofile = None
             self.sync_records: list | None = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
@@ -109,6 +116,9 @@ def make_timer(
             self.batches += 1
             if self.batches == warmup_steps:
                 synchronize(device)
+                if cprofile_path:
+                    self.cprofile = cProfile.Profile()
+                    self.cprofile.enable()
                 self.start = time.perf_counter()
             elif (
                 self.batches > warmup_steps and self.start is not None and "samples_per_s" not in self.result
@@ -117,6 +127,11 @@ def make_timer(
                 if self.batches == warmup_steps + measure_steps:
                     synchronize(device)
                     wall = time.perf_counter() - self.start
+                    if self.cprofile is not None:
+                        self.cprofile.disable()
+                        write_cprofile(
+                            self.cprofile, cprofile_path, f"{measure_steps} measured steps, {wall:.3f} s"
+                        )
                     self.result.update(
                         samples_per_s=self.samples / wall,
                         measured_steps=measure_steps,
@@ -132,7 +147,10 @@ def make_timer(
             elif self.profiler is not None and self.batches == warmup_steps + measure_steps + profile_steps:
                 self._stop_profile()
                 self._start_sync_count()
-            elif self.sync_records is not None and self.batches == warmup_steps + measure_steps + profile_steps + SYNC_STEPS:
+            elif (
+                self.sync_records is not None
+                and self.batches == warmup_steps + measure_steps + profile_steps + SYNC_STEPS
+            ):
                 self._stop_sync_count()
                 trainer.should_stop = True
 
@@ -174,6 +192,17 @@ def make_timer(
             self.profiler = None
 
     return StepTimer()
+
+
+def write_cprofile(profile: cProfile.Profile, path: str, title: str) -> None:
+    """The 40 largest own-time and 60 largest cumulative-time entries of `profile`, as text, into `path`."""
+    text = io.StringIO()
+    text.write(f"# {title}\n")
+    stats = pstats.Stats(profile, stream=text)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(60)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text.getvalue())
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"workload": "b", "config": f"b transformer {blocks}x{width} L256", "ours": ours(*b_args),
                "original": None, "note": "pytorch-cortex 0.0.4 ships no TransformerRoot: ours only"}  # fmt: skip
         if size["compile"]:
-            row["ours_compiled"] = {mode: ours(*b_args, "--compile", "--compile-mode", mode) for mode in compile_modes}
+            row["ours_compiled"] = {
+                mode: ours(*b_args, "--compile", "--compile-mode", mode) for mode in compile_modes
+            }
         record(row)
     if "c" in workloads:
         design = ["design", *size["design_cpu"]]
@@ -285,7 +287,11 @@ def setting_figures(rows: list[dict], setting: str) -> dict[str, Any]:
         ),
         "gpu_busy_a": (sum(busy) / len(busy)) if busy else None,
         "memory_ratio_a": max(
-            [x for x in (ratio(settings(r)[setting], r["original"], "peak_memory_bytes") for r in pairs) if x],
+            [
+                x
+                for x in (ratio(settings(r)[setting], r["original"], "peak_memory_bytes") for r in pairs)
+                if x
+            ],
             default=None,
         ),
         "speedup_over_eager": geometric_mean([x for x in speedups if x]),

@@ -131,7 +131,8 @@ def train(args: argparse.Namespace) -> dict:
         accelerator="gpu" if args.device.startswith("cuda") else "cpu",
         devices=1,
         # Lightning counts optimizer steps, and the original takes one per leaf per batch (spec 6.3).
-        max_steps=(args.warmup_steps + args.measure_steps + args.profile_steps + SYNC_STEPS + 1) * len(model.leaf_nodes),
+        max_steps=(args.warmup_steps + args.measure_steps + args.profile_steps + SYNC_STEPS + 1)
+        * len(model.leaf_nodes),
         max_epochs=1000,
         num_sanity_val_steps=0,
         limit_val_batches=0,
