@@ -220,7 +220,10 @@ def main() -> None:
         results = pathlib.Path(args.results_dir)
         results.mkdir(parents=True, exist_ok=True)
         if ehrlich:
-            (results / "ehrlich.json").write_text(json.dumps(ehrlich, indent=2) + "\n")
+            # Levels not measured by this call keep their recorded entries (issue 7 needs all three keys).
+            path = results / "ehrlich.json"
+            recorded = json.loads(path.read_text()) if path.exists() else {}
+            path.write_text(json.dumps({**recorded, **ehrlich}, indent=2) + "\n")
         if gb1:
             (results / "gb1.json").write_text(json.dumps(gb1, indent=2) + "\n")
 
