@@ -2,8 +2,9 @@
 # Closed-loop protocol of issue 7 sized for one H200 with 16 CPU cores in under 9 minutes (the full bbo-bench
 # protocol, 12 rounds of 2,000 proposals x 64 LaMBO steps x 5 seeds x 3 levels, does not fit in that time).
 #
-# Ehrlich easy and medium, LaMBO-2 (loop defaults: rank-transformed targets, a LaMBO-2 population of 4 x batch
-# from the batch / 2 best sequences, 2 mutations per step, bigram screen) vs the genetic algorithm, 5 seeds, from the
+# Ehrlich easy and medium, LaMBO-2 (loop defaults: a fresh max-pooled surrogate each round, rank-transformed
+# targets, a LaMBO-2 population of 4 x batch from the batch / 2 best sequences, 2 mutations per step, bigram
+# screen) vs the genetic algorithm, 5 seeds, from the
 # instance's 512-sequence DMP pool, rounds of 128, budget 512 + 12 x 128 = 2,048 evaluations. Every
 # (level, method, seed) is its own cortex-bench process (20 processes: the LaMBO-2 ones share the GPU, the GA
 # ones are CPU-only), each stopped by SIGINT at DEADLINE_S; the loop state is saved atomically after every round,
