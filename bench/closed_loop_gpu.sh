@@ -23,6 +23,7 @@ DEADLINE_S=${2:-450}
 shift $(( $# > 2 ? 2 : $# ))
 DEVICE=cuda
 SEEDS=${SEEDS:-0 1 2 3 4}
+LEVELS=${LEVELS:-easy medium}  # Ehrlich presets to run, e.g. LEVELS="medium hard"
 EXTRA=()
 for arg in "$@"; do
   case $arg in
@@ -35,7 +36,7 @@ mkdir -p "$OUT/runs"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the repository tree travels, not an installed package
 pids=()
-for level in easy medium; do
+for level in $LEVELS; do
   for method in lambo ga; do
     for seed in $SEEDS; do
       device=cpu
@@ -56,7 +57,7 @@ for pid in "${pids[@]}"; do
   # 124/130: stopped at the deadline (its saved rounds still count); anything else is a failure.
   wait "$pid" || { code=$?; [[ $code == 124 || $code == 130 ]] || { echo "run $pid failed ($code)"; status=1; }; }
 done
-for level in easy medium; do
+for level in $LEVELS; do
   python bench/closed_loop_cpu.py --states "$OUT"/runs/${level}_* --plot "$OUT/${level}_best_so_far.png" \
     --results-dir "$OUT/$level" --write-results \
     --protocol "bench/closed_loop_gpu.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo cpu): $level, 512-sequence DMP pool + rounds of 128 (12 at most), LaMBO-2 on $DEVICE vs GA, seeds [$SEEDS], each run stopped at ${DEADLINE_S}s, all runs cut at the fewest evaluations reached; overrides: ${EXTRA[*]:-none}"
@@ -65,7 +66,7 @@ python - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 merged = {}
-for level in ("easy", "medium"):
+for level in ("easy", "medium", "hard"):
     path = out / level / "ehrlich.json"
     if path.exists():
         merged.update(json.loads(path.read_text()))
