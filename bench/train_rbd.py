@@ -48,13 +48,20 @@ def main() -> None:
         default=3,
         help="worker processes with --parallel (jobs are submitted seed by seed: two-task, bind, expr)",
     )
+    parser.add_argument(
+        "--two-task-overrides",
+        nargs="*",
+        default=[],
+        help="Hydra overrides for the two-task run only, e.g. a branch per task: "
+        "'+branches.expr={type: conv1d, ...}' tasks.rbd_expr.leaf.branch=expr",
+    )
     args = parser.parse_args()
     if args.seeds < 1:
         raise ValueError(f"--seeds={args.seeds}; expected at least 1")
     start = time.perf_counter()
     out = Path(args.out or Path(__file__).parent / "results" / "rbd.json")
     ensemble = [f"branches.property.ensemble_size={args.ensemble_size}", "data.rbd.source=" + str(DATA)]
-    runs = {"two_task": [*ensemble, "tasks=[rbd_bind,rbd_expr]"]}
+    runs = {"two_task": [*ensemble, "tasks=[rbd_bind,rbd_expr]", *args.two_task_overrides]}
     runs.update({name: [*ensemble, f"tasks=[{name}]"] for name in TARGETS})
     seeds = list(range(args.seeds))
     jobs = {
