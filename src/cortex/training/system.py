@@ -289,9 +289,13 @@ class NeuralTreeSystem(pl.LightningModule):
         return trainer._logger_connector.should_update_logs or trainer.is_last_batch
 
     def _log_losses(
-        self, losses: dict[str, torch.Tensor], batch: Mapping[str, Any], total: torch.Tensor | None = None
+        self,
+        losses: dict[str, torch.Tensor],
+        batch: Mapping[str, Any],
+        total_parts: Sequence[torch.Tensor] = (),
     ) -> None:
-        """Logs each task's loss (progress bar too) and `total` as "train_loss", averaged over processes.
+        """Logs each task's loss (progress bar too) and the sum of `total_parts` as "train_loss", averaged over
+        processes.
 
         Host cost (issue 8, measured on an H200 with the CUDA sync debug mode): each `self.log` call costs about
         1 ms of host time, and Lightning converts every progress-bar value to a Python number at every batch,
@@ -301,20 +305,17 @@ class NeuralTreeSystem(pl.LightningModule):
         step); Lightning's per-batch conversions then read host memory."""
         if not self._logs_this_step():
             return
-        names = list(losses) + (["train_loss"] if total is not None else [])
-        values = torch.stack(
-            [loss.detach().float() for loss in losses.values()]
-            + ([total.detach().float()] if total is not None else [])
-        )
-        values = self.trainer.strategy.reduce(values, reduce_op="mean").cpu()  # (num values,)
-        for name, value in zip(names, values):
-            task_batch = batch[name] if name in batch else batch[self.tasks[0].name]
-            self.log(
-                name if name == "train_loss" else f"{name}/train_loss",
-                value,
-                prog_bar=name != "train_loss",
-                batch_size=task_batch.batch_size,
-            )
+        # (key, value, on the progress bar, batch size)
+        entries = [
+            (f"{name}/train_loss", loss, True, batch[name].batch_size) for name, loss in losses.items()
+        ]
+        if total_parts:
+            total = torch.stack([part.detach().float() for part in total_parts]).sum()
+            entries.append(("train_loss", total, False, batch[self.tasks[0].name].batch_size))
+        values = torch.stack([value.detach().float() for _, value, _, _ in entries])
+        values = self.trainer.strategy.reduce(values, reduce_op="mean").cpu()  # (len(entries),)
+        for (key, _, prog_bar, batch_size), value in zip(entries, values):
+            self.log(key, value, prog_bar=prog_bar, batch_size=batch_size)
 
     def _sequential_backward(self) -> bool:
         if self.joint_backward == "auto":
@@ -339,7 +340,7 @@ class NeuralTreeSystem(pl.LightningModule):
             total = torch.stack(
                 [self.task_weights[name] * loss.float() for name, loss in losses.items()]
             ).sum()
-            logged = total.detach()
+            parts = [total]
         else:
             # Every task but the last: backward now, through the strategy (precision scaling, hooks), scaled as
             # Lightning scales the returned loss under gradient accumulation; the last is returned as usual.
@@ -354,8 +355,8 @@ class NeuralTreeSystem(pl.LightningModule):
             last = self.tasks[-1]
             losses[last.name] = self.task_loss(last, batch[last.name])
             total = self.task_weights[last.name] * losses[last.name].float()
-            logged = torch.stack([*done, total.detach()]).sum()
-        self._log_losses(losses, batch, logged)
+            parts = [*done, total]
+        self._log_losses(losses, batch, parts)
         return total
 
     def _per_task_step(self, batch: Mapping[str, Any]) -> torch.Tensor:
