@@ -16,7 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 import cortex
 from cortex.cli.train import build
@@ -55,17 +55,9 @@ def hardware(args: argparse.Namespace) -> str:
     return f"{device}; torch {torch.__version__}; precision {args.precision}"
 
 
-def train_and_test(
-    name: str, args: argparse.Namespace, overrides: list[str]
-) -> tuple[dict[str, dict[str, float]], float, dict[str, dict[str, Any]]]:
-    """Trains the config `train.yaml` + `overrides` and returns ({task: test metrics}, training minutes,
-    {task: {split: rows}} as the data module split them); each task's metrics also hold "validation" (the same
-    metrics of the final model on the validation split).
-
-    Test metrics per task: spearman / pearson / rmse / nll / coverage_90 of the (EMA) model on the test split,
-    with the ensemble's predictive (mean of member means, mean member variance + variance of member means)."""
-    if args.num_threads is not None:
-        torch.set_num_threads(args.num_threads)
+def compose_config(name: str, args: argparse.Namespace, overrides: list[str]) -> DictConfig:
+    """`train.yaml` + the benchmark's common overrides (accelerator, epochs, batch size, time cap) + `overrides`
+    + the command line's extra overrides, writing under `args.output_dir`/`name`."""
     common = [
         f"trainer.accelerator={args.accelerator}",
         f"trainer.devices={args.devices}",
@@ -87,6 +79,28 @@ def train_and_test(
     with open_dict(cfg):
         cfg.output_dir = str(Path(args.output_dir) / name)
         cfg.model_dir = str(Path(args.output_dir) / name / "model")
+    return cfg
+
+
+def split_frames(args: argparse.Namespace, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """{task: {split: rows}} exactly as a run of `overrides` splits its data (nothing is trained)."""
+    _, datamodule, _ = build(compose_config("split", args, overrides))
+    datamodule.setup("fit")
+    return datamodule.frames
+
+
+def train_and_test(
+    name: str, args: argparse.Namespace, overrides: list[str]
+) -> tuple[dict[str, dict[str, float]], float, dict[str, dict[str, Any]]]:
+    """Trains the config `train.yaml` + `overrides` and returns ({task: test metrics}, training minutes,
+    {task: {split: rows}} as the data module split them); each task's metrics also hold "validation" (the same
+    metrics of the final model on the validation split).
+
+    Test metrics per task: spearman / pearson / rmse / nll / coverage_90 of the (EMA) model on the test split,
+    with the ensemble's predictive (mean of member means, mean member variance + variance of member means)."""
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    cfg = compose_config(name, args, overrides)
     pl.seed_everything(cfg.seed, workers=True)
     system, datamodule, trainer = build(cfg)
     datamodule.setup("fit")
