@@ -1,10 +1,13 @@
 """TreeCollator: per-root tokenization, padding, typed batches, and the bad-input errors."""
 
+import pickle
+
 import pandas as pd
 import pytest
 import torch
 
 from cortex.data import RootEncoder, TreeCollator, padded_length
+from cortex.data.collate import TreeBatch
 from cortex.data.tokenization import ProteinTokenizer
 from cortex.tasks import ClassificationTask, RegressionTask
 
@@ -96,3 +99,69 @@ def test_fast_character_path_equals_the_tokenizer(gfp_rows):
         encoder.encode(["MKT", "MJ"])
     with pytest.raises(ValueError, match="row 0 has 300 tokens, more than max_length 256"):
         encoder.encode(["A" * 300])
+
+
+def _two_task_collator():
+    regression = RegressionTask(
+        "gfp", "gfp_leaf", {"protein": "sequence"}, ["log_brightness", "replicates_stdev"]
+    )
+    classification = ClassificationTask(
+        "bright", "bright_leaf", {"protein": "sequence"}, "is_bright", num_classes=2
+    )
+    encoder = RootEncoder(ProteinTokenizer(), max_length=256)
+    return TreeCollator({"protein": encoder}, [regression, classification], pad_to_multiple_of=8)
+
+
+def _rows(gfp_rows, n):
+    rows = gfp_rows[~gfp_rows.sequence.str.contains("*", regex=False)].head(n).copy()
+    rows["is_bright"] = (rows.log_brightness > rows.log_brightness.median()).astype(int)
+    return rows.to_dict("records")
+
+
+def _storage(tensor):
+    return tensor.untyped_storage().data_ptr()
+
+
+def test_batch_tensors_are_views_of_one_buffer(gfp_rows):
+    batch = _two_task_collator()(_rows(gfp_rows, 7))
+    tensors = [*batch.root_inputs["protein"].values(), *batch.labels.values()]
+    assert {_storage(t) for t in tensors} == {_storage(batch.buffer)}
+    assert all(t.data_ptr() % 64 == 0 for t in tensors)  # every dtype's alignment
+    assert [t.dtype for t in tensors] == [torch.int64, torch.int64, torch.float32, torch.int64]
+    moved = batch.to("cpu")
+    assert _storage(moved.buffer) == _storage(batch.buffer)
+
+
+def test_packed_batch_crosses_workers_as_one_shared_buffer(gfp_rows):
+    """A batch from a DataLoader worker equals the in-process one and arrives as views of one shared buffer."""
+    rows = _rows(gfp_rows, 12)
+    collator = _two_task_collator()
+    expected = [collator(rows[i : i + 4]) for i in range(0, 12, 4)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=collator, num_workers=2)
+    received = list(loader)
+    assert len(received) == 3
+    for got, want in zip(received, expected):
+        assert got.buffer is not None and got.buffer.is_shared()
+        tensors = [*got.root_inputs["protein"].values(), *got.labels.values()]
+        assert {_storage(t) for t in tensors} == {_storage(got.buffer)}
+        for key in ("input_ids", "attention_mask"):
+            assert torch.equal(got.root_inputs["protein"][key], want.root_inputs["protein"][key])
+        assert torch.equal(got.labels["bright"], want.labels["bright"])
+        assert torch.equal(got.labels["gfp"].isnan(), want.labels["gfp"].isnan())
+        assert torch.equal(got.labels["gfp"].nan_to_num(), want.labels["gfp"].nan_to_num())
+
+
+def test_batch_with_a_replaced_tensor_moves_tensor_by_tensor(gfp_rows):
+    batch = _two_task_collator()(_rows(gfp_rows, 3))
+    batch.labels["bright"] = torch.tensor([1, 0, 1])  # outside the buffer: the layout no longer describes it
+    for copy in (pickle.loads(pickle.dumps(batch)), batch.to("cpu")):
+        assert torch.equal(copy.labels["bright"], torch.tensor([1, 0, 1]))
+        assert torch.equal(
+            copy.root_inputs["protein"]["input_ids"], batch.root_inputs["protein"]["input_ids"]
+        )
+
+
+def test_packing_rejects_device_tensors_by_name():
+    meta = torch.zeros(2, 3, dtype=torch.int64, device="meta")
+    with pytest.raises(ValueError, match=r"root 'protein' input_ids is on meta"):
+        TreeBatch.packed({"protein": {"input_ids": meta}}, {})
