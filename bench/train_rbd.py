@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,8 +48,9 @@ SHORT = {"rbd_bind": "bind", "rbd_expr": "expr"}
 
 # Candidate layouts for --select. Both sides get three: mean vs max pooling of the property branch, plus one
 # capacity change each: the two-task tree a second branch for expression (a copy of `property`: same pooling,
-# width and ensemble size; root and trunk stay shared), the single-task tree a branch twice as wide (128 channels,
-# as many branch parameters as the two-task tree's two 64-channel branches spend on its two targets).
+# width and ensemble size; root and trunk stay shared), the single-task tree a branch with twice the output width
+# (64: its one block has the parameters of the two-task tree's two 32-wide blocks). With one block the branch's
+# widths are trunk -> out_dim (channel_dim is unused), so out_dim is the width that matters.
 LAYOUTS: dict[str, dict[str, list[str]]] = {
     "two_task": {
         "mean_shared_branch": ["branches.property.pooling=mean"],
@@ -62,7 +64,7 @@ LAYOUTS: dict[str, dict[str, list[str]]] = {
     "single_task": {
         "mean": ["branches.property.pooling=mean"],
         "max": ["branches.property.pooling=max"],
-        "max_wide": ["branches.property.pooling=max", "branches.property.channel_dim=128"],
+        "max_wide": ["branches.property.pooling=max", "branches.property.out_dim=64"],
     },
 }
 # Result keys of a previous headline carried into "variants" when a new run replaces it.
@@ -369,7 +371,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.max_epochs,
         "two_task_train_minutes": means["two_task_train_minutes"],
         "minutes": (time.perf_counter() - start) / 60,
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "two_task_test": {str(s): two_task[s] for s in seeds},
         "single_task_test": {str(s): single[s] for s in seeds},
         "ridge": ridge,

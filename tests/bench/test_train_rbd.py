@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
@@ -162,21 +163,36 @@ def test_selection_end_to_end_on_validation_with_reuse_and_history(rbd_slice: Pa
     assert again["variants"]["new"]["layout"] == results["layout"]
 
 
-def test_every_default_layout_builds_its_tree(tmp_path: Path) -> None:
+def test_every_default_layout_builds_a_different_tree(tmp_path: Path) -> None:
     from cortex.cli.train import build
 
     train_common = _load("train_common")
     args = train_rbd.parse_args(["--select", "--output-dir", str(tmp_path)])
+    sequences = pd.read_csv(REPO / "data" / "rbd_starr2020_bind_expr.csv.gz", nrows=3)["sequence"].tolist()
     for side, layouts in train_rbd.LAYOUTS.items():
+        predictions = {}
         for name, layout in layouts.items():
             target = None if side == "two_task" else "rbd_expr"
             cfg = train_common.compose_config(
                 name, args, train_rbd.tree_overrides(args, side, layout, target)
             )
+            torch.manual_seed(0)
             system, _, _ = build(cfg)
-            branches = system.model.config.branches
-            leaves = system.model.config.leaves
-            assert all(branch["ensemble_size"] == args.ensemble_size for branch in branches.values())
-            assert {leaf["branch"] for leaf in leaves.values()} == (
+            model = system.model.eval()
+            assert all(
+                branch["ensemble_size"] == args.ensemble_size for branch in model.config.branches.values()
+            )
+            assert {leaf["branch"] for leaf in model.config.leaves.values()} == (
                 {"property", "expr"} if name == "max_branch_per_task" else {"property"}
             ), (side, name)
+            encoded = model.get_tokenizer("protein")(sequences, return_tensors="pt")
+            inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+            with torch.no_grad():
+                predictions[name] = (
+                    model({"protein": inputs}, leaves=["rbd_expr"]).leaf_outputs["rbd_expr"].loc
+                )
+        # Same init seed, so equal predictions would mean an override that changes nothing (a wasted candidate).
+        names = list(predictions)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                assert not torch.allclose(predictions[first], predictions[second]), (side, first, second)
