@@ -70,6 +70,31 @@ def test_workers_produce_identical_batches(gfp_rows, model):
         ) or torch.allclose(a.labels["gfp"], b.labels["gfp"], equal_nan=True)
 
 
+class _WorkerStrategy(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return torch.multiprocessing.get_sharing_strategy()
+
+
+def test_workers_send_batches_by_the_configured_sharing_strategy(gfp_rows, model):
+    expected = {"file_system": "file_system", None: torch.multiprocessing.get_sharing_strategy()}
+    for strategy, seen in expected.items():
+        module = TreeDataModule([regression_task()], model=model, data={"gfp": gfp_data(gfp_rows)}, batch_size=16,
+                                num_workers=1, sharing_strategy=strategy)  # fmt: skip
+        module.setup("fit")
+        init = module.task_dataloader("gfp", "train").worker_init_fn
+        probe = torch.utils.data.DataLoader(
+            _WorkerStrategy(), num_workers=1, worker_init_fn=init, collate_fn=list
+        )
+        assert [s for batch in probe for s in batch] == [seen, seen]
+    with pytest.raises(ValueError, match=r"sharing_strategy='shm'; expected None or one of"):
+        TreeDataModule(
+            [regression_task()], model=model, data={"gfp": gfp_data(gfp_rows)}, sharing_strategy="shm"
+        )
+
+
 def test_model_consumes_only_tensors_no_tokenizer_in_forward(gfp_rows, model, monkeypatch):
     task = regression_task()
     module = TreeDataModule([task], model=model, data={"gfp": gfp_data(gfp_rows)}, batch_size=8)

@@ -7,6 +7,7 @@ Rows are checked once in `setup` (columns, labels, residues, lengths), then turn
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import pandas as pd
+import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
@@ -131,6 +133,14 @@ def tokenizers_from_model(model: Any) -> tuple[dict[str, PreTrainedTokenizerBase
     return tokenizers, max_lengths
 
 
+def set_sharing_strategy(strategy: str, worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: how this worker's batches reach the main process (the sender picks; the main
+    process rebuilds either kind). "file_system" names a shared-memory file, which the main process opens; torch's
+    default "file_descriptor" passes a descriptor over a new authenticated socket connection per storage, which
+    was a third of the main process's host time per GPU training step (issue 8 profile)."""
+    torch.multiprocessing.set_sharing_strategy(strategy)
+
+
 class TreeDataModule(L.LightningDataModule):
     """Loaders for a set of tasks.
 
@@ -148,6 +158,8 @@ class TreeDataModule(L.LightningDataModule):
         pad_to_multiple_of / length_buckets: padding of each batch (see `TreeCollator`).
         max_lengths: root -> longest sequence in tokens, overriding the model's.
         truncation: False: a too-long sequence is an error; True: it is truncated (and logged).
+        pin_memory: pin each batch (one buffer, see `TreeBatch`) for asynchronous host-to-device copies.
+        sharing_strategy: how worker processes send batches (`set_sharing_strategy`); None: torch's default.
         rank / world_size: distributed shard; taken from the attached Trainer when there is one. Use
             `Trainer(use_distributed_sampler=False)`: the samplers shard themselves.
     """
@@ -171,6 +183,7 @@ class TreeDataModule(L.LightningDataModule):
         truncation: bool = False,
         drop_last: bool = False,
         pin_memory: bool = False,
+        sharing_strategy: str | None = "file_system",
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -227,6 +240,12 @@ class TreeDataModule(L.LightningDataModule):
         self.eval_mode = eval_mode
         self.drop_last = drop_last
         self.pin_memory = pin_memory
+        strategies = sorted(torch.multiprocessing.get_all_sharing_strategies())
+        if sharing_strategy is not None and sharing_strategy not in strategies:
+            raise ValueError(
+                f"TreeDataModule: sharing_strategy={sharing_strategy!r}; expected None or one of {strategies}"
+            )
+        self.sharing_strategy = sharing_strategy
         self.rank = rank
         self.world_size = world_size
         self.frames: dict[str, dict[str, pd.DataFrame]] = {}
@@ -298,6 +317,8 @@ class TreeDataModule(L.LightningDataModule):
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
         }
+        if self.num_workers > 0 and self.sharing_strategy is not None:
+            options["worker_init_fn"] = functools.partial(set_sharing_strategy, self.sharing_strategy)
         if split == "train":
             # Resumable: a mid-epoch checkpoint restores this loader's position (see ResumableDataLoader).
             return ResumableDataLoader(
