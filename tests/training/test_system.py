@@ -243,3 +243,18 @@ def test_training_losses_are_logged_on_the_loggers_steps_only(tmp_path):
     written = metrics.dropna(subset=["train_loss"])
     assert list(written["step"]) == [3, 7]
     assert written[["bind/train_loss", "expr/train_loss"]].notna().all().all()
+
+
+def test_per_batch_seeding_matches_manual_seed_and_queues_nothing():
+    """The step's reseeding draws what torch.manual_seed would on the CPU, without queueing lazy seeding calls
+    (torch.manual_seed queues one per uninitialised backend, with a formatted stack, every step)."""
+    from cortex.training.system import seed_generators
+
+    queued = [len(torch.cuda._queued_calls)]
+    seed_generators(123, torch.device("cpu"))
+    ours = torch.rand(4), torch.randint(10, (4,))
+    queued.append(len(torch.cuda._queued_calls))
+    torch.manual_seed(123)
+    reference = torch.rand(4), torch.randint(10, (4,))
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference))
+    assert queued[0] == queued[1]

@@ -134,6 +134,22 @@ METRIC_UPDATES: dict[str, Callable[..., None]] = {
 }
 
 
+def seed_generators(seed: int, device: torch.device) -> None:
+    """Seeds the CPU generator and `device`'s (the draws of a training step: corruption, timesteps).
+
+    Not `torch.manual_seed`: besides every CUDA device it seeds MTIA and XPU through their lazy-init queues, and
+    each such call formats the caller's stack (`traceback.format_stack`) and stays queued while the backend is
+    uninitialised: two stack formats a step on the GPU host profile of issue 8, and a queue that grows every step
+    on a CPU-only machine."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()
+        ].manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
+
+
 class NeuralTreeSystem(pl.LightningModule):
     """Trains `model` on `tasks`.
 
@@ -273,7 +289,7 @@ class NeuralTreeSystem(pl.LightningModule):
         self.trainer.fit_loop._load_combined_loader_states()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(self._batch_seed() % (2**63))
+        seed_generators(self._batch_seed() % (2**63), self.device)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         if self.automatic_optimization:
