@@ -261,3 +261,12 @@ def test_bad_module_arguments(model):
         TreeDataModule([task], model=model)
     with pytest.raises(ValueError, match="data given for unknown tasks \\['gpf'\\]"):
         TreeDataModule([task], model=model, data={"gpf": {}})
+
+
+def test_group_split_refuses_group_ids_without_an_order():
+    """Text and numbers mixed in a group column (a fuzz case) have no order to split reproducibly by."""
+    frame = pd.DataFrame({"sequence": ["MKT"] * 4, "site": [3, "3", 5, "x"]})
+    with pytest.raises(
+        ValueError, match=r"group column 'site' mixes value types .*\(int e\.g\. 5, str e\.g\. 'x'\)"
+    ):
+        GroupSplit("site", {"train": 0.5, "test": 0.5})(frame)

@@ -148,7 +148,16 @@ class GroupSplit:
             raise ValueError(
                 f"GroupSplit: group column {self.column!r} is missing at row {row}; expected a value"
             )
-        groups = np.sort(column.unique())
+        values = column.unique()
+        try:
+            groups = np.sort(values)
+        except TypeError as error:  # e.g. text and numbers: no common order to split reproducibly by
+            kinds = {type(value).__name__: value for value in values}
+            raise ValueError(
+                f"GroupSplit: group column {self.column!r} mixes value types that cannot be ordered "
+                f"({', '.join(f'{kind} e.g. {value!r}' for kind, value in sorted(kinds.items()))}); "
+                "expected one kind of group id (all text or all numbers)"
+            ) from error
         order = np.random.default_rng(self.seed).permutation(len(groups))
         return {
             split: np.flatnonzero(column.isin(groups[order[a:b]]).to_numpy())
