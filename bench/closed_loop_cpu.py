@@ -78,8 +78,10 @@ def _state_files(state_dirs: list[str], state_file: str):
             yield (problem, method, int(seed)), path
 
 
-def load_runs(state_dirs: list[str]) -> dict:
-    """(problem, method, seed) -> ((N,) values, (N,) rounds) from `<dir>/states/<problem>_<method>_s<seed>/`."""
+def load_runs(state_dirs: list[str], started_only: bool = False) -> dict:
+    """(problem, method, seed) -> ((N,) values, (N,) rounds) from `<dir>/states/<problem>_<method>_s<seed>/`;
+    with `started_only`, runs that finished no round (only the starting set) are left out: a run that waited
+    for its turn in a deadline-stopped process would otherwise cut every run at the starting set."""
     from safetensors.torch import load_file
 
     from cortex.design.loop import STATE_FILE
@@ -87,6 +89,8 @@ def load_runs(state_dirs: list[str]) -> dict:
     runs = {}
     for key, path in _state_files(state_dirs, STATE_FILE):
         tensors = load_file(str(path))
+        if started_only and not bool((tensors["rounds"] > 0).any()):
+            continue
         runs[key] = (tensors["values"], tensors["rounds"])
     return runs
 
@@ -104,14 +108,14 @@ def load_histories(state_dirs: list[str]) -> dict:
     return histories
 
 
-def plot_states(state_dirs: list[str], budget: int | None, path: str) -> None:
+def plot_states(state_dirs: list[str], budget: int | None, path: str, started_only: bool = False) -> None:
     """best_so_far PNG (cortex-bench's plot: median and min-max over seeds) from run states cut at `budget`."""
     import pandas as pd
     import torch
 
     from cortex.cli.bench import RESULT_COLUMNS, plot_best_so_far
 
-    runs = load_runs(state_dirs)
+    runs = load_runs(state_dirs, started_only)
     cut = budget or min(values.numel() for values, _ in runs.values())
     rows = []
     for (problem, method, seed), (values, rounds) in sorted(runs.items()):
@@ -134,7 +138,7 @@ def plot_states(state_dirs: list[str], budget: int | None, path: str) -> None:
     plot_best_so_far(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), path)
 
 
-def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
+def summaries_from_states(state_dirs: list[str], budget: int | None, started_only: bool = False) -> dict:
     """cortex-bench-style summary from loop state files (`<dir>/states/<problem>_<method>_s<seed>/`), every run
     cut at `budget` evaluations (None: the fewest any run reached, so unfinished runs compare at equal
     budget)."""
@@ -144,7 +148,7 @@ def summaries_from_states(state_dirs: list[str], budget: int | None) -> dict:
 
     from cortex.design.loop import build_problem
 
-    runs = load_runs(state_dirs)
+    runs = load_runs(state_dirs, started_only)
     histories = load_histories(state_dirs)
     cut = budget or min(values.numel() for values, _ in runs.values())
     summary: dict = {}
@@ -204,13 +208,16 @@ def main() -> None:
     parser.add_argument(
         "--results-dir", default=str(RESULTS), help="where --write-results writes (bench/results)"
     )
+    parser.add_argument(
+        "--started-only", action="store_true", help="with --states: leave out runs that finished no round"
+    )
     parser.add_argument("--protocol", default=None, help="text stored as 'protocol' in every Ehrlich level")
     args = parser.parse_args()
     summaries = [json.loads(pathlib.Path(p).read_text()) for p in args.summary]
     if args.states:
-        summaries.append(summaries_from_states(args.states, args.budget))
+        summaries.append(summaries_from_states(args.states, args.budget, args.started_only))
         if args.plot:
-            plot_states(args.states, args.budget, args.plot)
+            plot_states(args.states, args.budget, args.plot, args.started_only)
     ehrlich, gb1 = convert(summaries)
     if args.protocol:
         for level in ehrlich.values():

@@ -5,9 +5,9 @@
 # Ehrlich easy and medium, LaMBO-2 (loop defaults: a fresh max-pooled surrogate each round, rank-transformed
 # targets, a LaMBO-2 population of 4 x batch from the batch / 2 best sequences, 2 mutations per step, bigram
 # screen) vs the genetic algorithm, 5 seeds, from the
-# instance's 512-sequence DMP pool, rounds of 128, budget 512 + 12 x 128 = 2,048 evaluations. Every
-# (level, method, seed) is its own cortex-bench process (20 processes: the LaMBO-2 ones share the GPU, the GA
-# ones are CPU-only), each stopped by SIGINT at DEADLINE_S; the loop state is saved atomically after every round,
+# instance's 512-sequence DMP pool, rounds of 128, budget 512 + 12 x 128 = 2,048 evaluations. Every GA seed is
+# its own CPU process; the LaMBO-2 seeds of a level run in LAMBO_PROCS GPU processes (default 1, seeds in turn);
+# every process is stopped by SIGINT at DEADLINE_S; the loop state is saved atomically after every round,
 # and the summary cuts every run at the fewest evaluations any run of that level reached, so the methods are
 # compared at an equal budget whatever finished. Hydra must be installed (the lead carries its wheel).
 #
@@ -36,20 +36,30 @@ mkdir -p "$OUT/runs"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the repository tree travels, not an installed package
 pids=()
+LAMBO_PROCS=${LAMBO_PROCS:-1}  # LaMBO-2 processes per level sharing the GPU; each runs its share of SEEDS in turn
+read -r -a seed_list <<< "$SEEDS"
 for level in $LEVELS; do
-  for method in lambo ga; do
-    for seed in $SEEDS; do
-      device=cpu
-      [[ $method == lambo ]] && device=$DEVICE
-      dir="$OUT/runs/${level}_${method}_s${seed}"
-      timeout -s INT -k 20 "$DEADLINE_S" python -m cortex.cli.bench \
-        problems="[$level]" methods="[$method]" seeds="[$seed]" num_threads=1 num_workers=1 \
-        initial_size=512 loop.batch_size=128 loop.num_rounds=12 \
-        loop.feature_dim=64 loop.train_batch_size=128 \
-        ${EXTRA[@]+"${EXTRA[@]}"} ++loop.device="$device" hydra.run.dir="$dir" \
-        >"$dir.log" 2>&1 &
-      pids+=($!)
-    done
+  # GA: a CPU process per seed. LaMBO-2: LAMBO_PROCS GPU processes per level (session 4: 10 processes sharing one
+  # H200 finished no round in 400 s, time-sliced contexts; one process ran a medium round in ~60 s).
+  jobs=()
+  for seed in "${seed_list[@]}"; do jobs+=("ga $seed"); done
+  for ((p = 0; p < LAMBO_PROCS; p++)); do
+    group=()
+    for ((i = p; i < ${#seed_list[@]}; i += LAMBO_PROCS)); do group+=("${seed_list[i]}"); done
+    (( ${#group[@]} )) && jobs+=("lambo $(IFS=,; echo "${group[*]}")")
+  done
+  for job in "${jobs[@]}"; do
+    read -r method seeds <<< "$job"
+    device=cpu
+    [[ $method == lambo ]] && device=$DEVICE
+    dir="$OUT/runs/${level}_${method}_s${seeds//,/-}"
+    timeout -s INT -k 20 "$DEADLINE_S" python -m cortex.cli.bench \
+      problems="[$level]" methods="[$method]" seeds="[$seeds]" num_threads=1 num_workers=1 \
+      initial_size=512 loop.batch_size=128 loop.num_rounds=12 \
+      loop.feature_dim=64 loop.train_batch_size=128 \
+      ${EXTRA[@]+"${EXTRA[@]}"} ++loop.device="$device" hydra.run.dir="$dir" \
+      >"$dir.log" 2>&1 &
+    pids+=($!)
   done
 done
 status=0
@@ -58,9 +68,9 @@ for pid in "${pids[@]}"; do
   wait "$pid" || { code=$?; [[ $code == 124 || $code == 130 ]] || { echo "run $pid failed ($code)"; status=1; }; }
 done
 for level in $LEVELS; do
-  python bench/closed_loop_cpu.py --states "$OUT"/runs/${level}_* --plot "$OUT/${level}_best_so_far.png" \
+  python bench/closed_loop_cpu.py --states "$OUT"/runs/${level}_* --started-only --plot "$OUT/${level}_best_so_far.png" \
     --results-dir "$OUT/$level" --write-results \
-    --protocol "bench/closed_loop_gpu.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo cpu): $level, 512-sequence DMP pool + rounds of 128 (12 at most), LaMBO-2 on $DEVICE vs GA, seeds [$SEEDS], each run stopped at ${DEADLINE_S}s, all runs cut at the fewest evaluations reached; overrides: ${EXTRA[*]:-none}"
+    --protocol "bench/closed_loop_gpu.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo cpu): $level, 512-sequence DMP pool + rounds of 128 (12 at most), LaMBO-2 on $DEVICE vs GA, seeds [$SEEDS], each run stopped at ${DEADLINE_S}s, runs that finished a round cut at the fewest evaluations reached; overrides: ${EXTRA[*]:-none}"
 done
 python - "$OUT" <<'PY'
 import json, pathlib, sys
