@@ -202,7 +202,9 @@ def write_cprofile(profile: cProfile.Profile, path: str, title: str) -> None:
     stats.sort_stats("tottime").print_stats(40)
     stats.sort_stats("cumulative").print_stats(60)
     # Who calls the costly leaves (the host profile's open questions: stack formatting, profiler ranges, pickling).
-    stats.print_callers(r"traceback.py|_record_function|rebuild_storage")
+    stats.print_callers(
+        r"traceback.py|_record_function|rebuild_storage|module.py:.*__setattr__|generic.py:.*__setattr__|dataclasses.py:.*fields"
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text.getvalue())
 
