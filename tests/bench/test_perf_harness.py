@@ -4,27 +4,19 @@ with the reason, otherwise."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 PERF = REPO / "bench" / "perf"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"perf_{name}", PERF / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(PERF))  # run.py and common.py are scripts of that folder
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(PERF))
-    return module
+    return load_script(PERF, name)
 
 
 run = _load("run")

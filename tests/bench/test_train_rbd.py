@@ -5,30 +5,22 @@ every site)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from bench_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCH))  # train_rbd imports its sibling scripts
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_script(BENCH, name)
 
 
 train_rbd = _load("train_rbd")
