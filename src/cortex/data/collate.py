@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,28 +118,20 @@ class TreeBatch:
         return next(iter(self.root_inputs.values()))["input_ids"].shape[0]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TreeBatch:
-        layout = self._layout()
-        if layout is not None:
-            return TreeBatch._from_buffer(self.buffer.to(device, non_blocking=non_blocking), layout)
-        return TreeBatch(
-            {
-                root: {key: t.to(device, non_blocking=non_blocking) for key, t in inputs.items()}
-                for root, inputs in self.root_inputs.items()
-            },
-            {task: t.to(device, non_blocking=non_blocking) for task, t in self.labels.items()},
-        )
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> TreeBatch:
         """Called by DataLoader(pin_memory=True) on the worker's output."""
+        return self._apply(torch.Tensor.pin_memory)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TreeBatch:
+        """`fn` applied to the buffer once (views rebuilt on its result) when packed, else to every tensor."""
         layout = self._layout()
         if layout is not None:
-            return TreeBatch._from_buffer(self.buffer.pin_memory(), layout)
+            return TreeBatch._from_buffer(fn(self.buffer), layout)
         return TreeBatch(
-            {
-                root: {k: t.pin_memory() for k, t in inputs.items()}
-                for root, inputs in self.root_inputs.items()
-            },
-            {task: t.pin_memory() for task, t in self.labels.items()},
+            {root: {key: fn(t) for key, t in inputs.items()} for root, inputs in self.root_inputs.items()},
+            {task: fn(t) for task, t in self.labels.items()},
         )
 
 

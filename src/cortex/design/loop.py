@@ -294,7 +294,7 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.min_train_steps is {self.min_train_steps!r}; expected an int >= 0")
         if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
             raise ValueError(f"LoopConfig.budget is {self.budget!r}; expected None or an int >= 1")
-        for name in ("max_noise_level", "max_property_noise_level"):
+        for name in ("max_noise_level", "max_property_noise_level", "seed_crossover", "kmer_explore"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"LoopConfig.{name} is {getattr(self, name)!r}; expected a float in [0, 1]")
         if self.property_pooling not in POOLING_TYPES:
@@ -305,26 +305,12 @@ class LoopConfig:
             raise ValueError(
                 f"LoopConfig.target_transform is {self.target_transform!r}; expected one of {TARGET_TRANSFORMS}"
             )
-        for name in ("lambo_population", "lambo_seed_pool"):
+        for name in ("lambo_population", "lambo_seed_pool", "max_edit_distance"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"LoopConfig.{name} is {value!r}; expected None or an int >= 1")
-        if not 0.0 <= self.seed_crossover <= 1.0:
-            raise ValueError(
-                f"LoopConfig.seed_crossover is {self.seed_crossover!r}; expected a float in [0, 1]"
-            )
-        if not 0.0 <= self.kmer_explore <= 1.0:
-            raise ValueError(f"LoopConfig.kmer_explore is {self.kmer_explore!r}; expected a float in [0, 1]")
         if self.kmer_screen is not None and (not isinstance(self.kmer_screen, int) or self.kmer_screen < 1):
             raise ValueError(f"LoopConfig.kmer_screen is {self.kmer_screen!r}; expected None or an int >= 1")
-        if self.max_edit_distance is not None and (
-            not isinstance(self.max_edit_distance, int)
-            or isinstance(self.max_edit_distance, bool)
-            or self.max_edit_distance < 1
-        ):
-            raise ValueError(
-                f"LoopConfig.max_edit_distance is {self.max_edit_distance!r}; expected None or an int >= 1"
-            )
         if not isinstance(self.presolve_rounds, int) or self.presolve_rounds < 0:
             raise ValueError(f"LoopConfig.presolve_rounds is {self.presolve_rounds!r}; expected an int >= 0")
 
@@ -727,8 +713,9 @@ class ClosedLoop:
                 explorer = torch.zeros_like(unseen, dtype=torch.bool)
                 tested: set[int] = set()
                 forbidden = set(self.forbidden_kmers().tolist())
+                seen = self.seen_kmers()
                 for i in (unseen == 1).nonzero().flatten().tolist():
-                    (code,) = self.unseen_kmer_codes(proposals[index[i]])
+                    (code,) = self.unseen_kmer_codes(proposals[index[i]], seen)
                     if len(tested) < quota and code not in tested and code not in forbidden:
                         tested.add(code)
                         explorer[i] = True
@@ -805,10 +792,10 @@ class ClosedLoop:
     def unseen_kmers(self, states: torch.Tensor) -> torch.Tensor:
         """(N,) int64 for (N, L) states: how many windows of `kmer_screen` consecutive tokens occur in no measured
         feasible sequence (all 0 when none is measured yet)."""
-        feasible = self.states[torch.isfinite(self.values)]
-        if feasible.shape[0] == 0 or states.shape[0] == 0:
+        seen = self.seen_kmers()
+        if seen.numel() == 0 or states.shape[0] == 0:
             return torch.zeros(states.shape[0], dtype=torch.int64)
-        return (~torch.isin(self.kmer_codes(states), self.kmer_codes(feasible).unique())).sum(-1)
+        return (~torch.isin(self.kmer_codes(states), seen)).sum(-1)
 
     def kmer_codes(self, states: torch.Tensor) -> torch.Tensor:
         """(N, L - k + 1) int64 base-|alphabet| codes of the windows of `kmer_screen` tokens of (N, L) states."""
@@ -816,9 +803,12 @@ class ClosedLoop:
         weights = size ** torch.arange(k, dtype=torch.int64)  # (k,)
         return (states.unfold(1, k, 1) * weights).sum(-1)
 
-    def unseen_kmer_codes(self, state: torch.Tensor) -> list[int]:
-        """The distinct k-mer codes of one (L,) state that occur in no measured feasible sequence."""
-        seen = self.kmer_codes(self.states[torch.isfinite(self.values)]).unique()
+    def seen_kmers(self) -> torch.Tensor:
+        """(S,) distinct k-mer codes of the measured feasible sequences (empty when none is measured)."""
+        return self.kmer_codes(self.states[torch.isfinite(self.values)]).unique()
+
+    def unseen_kmer_codes(self, state: torch.Tensor, seen: torch.Tensor) -> list[int]:
+        """The distinct k-mer codes of one (L,) state that are not in `seen` (`seen_kmers()`)."""
         codes = self.kmer_codes(state[None])[0]
         return codes[~torch.isin(codes, seen)].unique().tolist()
 
@@ -826,12 +816,12 @@ class ClosedLoop:
         """(F,) int64 codes of k-mers proved forbidden: the only unseen k-mer (relative to the measured feasible
         sequences) of a measured infeasible sequence. Exact for constraints on consecutive tokens, as Ehrlich's
         transition matrix."""
-        finite = torch.isfinite(self.values)
         infeasible = self.states[self.values == -math.inf]
-        if infeasible.shape[0] == 0 or not bool(finite.any()):
+        seen = self.seen_kmers()
+        if infeasible.shape[0] == 0 or seen.numel() == 0:
             return torch.empty(0, dtype=torch.int64)
         codes = self.kmer_codes(infeasible)  # (I, W)
-        unseen = ~torch.isin(codes, self.kmer_codes(self.states[finite]).unique())  # (I, W)
+        unseen = ~torch.isin(codes, seen)  # (I, W)
         # Rows whose unseen windows all hold one code: that code is forbidden.
         first = torch.where(unseen, codes, -1).amax(-1)  # (I,) the largest unseen code (-1: none)
         lowest = torch.where(unseen, codes, torch.iinfo(torch.int64).max).amin(-1)  # (I,)
