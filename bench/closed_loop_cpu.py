@@ -36,7 +36,10 @@ def convert(summaries: list[dict]) -> tuple[dict, dict]:
             "budget": lambo["budget"],
             "seeds": lambo["seeds"],
             **(
-                {"random_median_best": merged[level]["random"]["median_best"]}
+                {
+                    "random_median_best": merged[level]["random"]["median_best"],
+                    "random_best_per_seed": merged[level]["random"]["best_per_seed"],
+                }
                 if "random" in merged[level]
                 else {}
             ),
@@ -194,6 +197,18 @@ def summaries_from_states(state_dirs: list[str], budget: int | None, started_onl
     return summary
 
 
+def merge_levels(recorded: dict, measured: dict, record_as: str | None = None) -> dict:
+    """ehrlich.json content after a measurement: each measured level replaces the recorded one, or, with
+    `record_as`, is stored as `recorded[level][record_as]` next to the level's recorded keys (a second protocol
+    of the same level, e.g. a larger budget, without losing the headline figures)."""
+    if record_as is None:
+        return {**recorded, **measured}
+    merged = dict(recorded)
+    for level, entry in measured.items():
+        merged[level] = {**recorded.get(level, {}), record_as: entry}
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--summary", nargs="+", default=[], help="summary.json files written by cortex-bench")
@@ -212,6 +227,12 @@ def main() -> None:
         "--started-only", action="store_true", help="with --states: leave out runs that finished no round"
     )
     parser.add_argument("--protocol", default=None, help="text stored as 'protocol' in every Ehrlich level")
+    parser.add_argument(
+        "--record-as",
+        default=None,
+        help="with --write-results: store each measured Ehrlich level as this sub-record of the recorded level "
+        "(e.g. budget_1664), keeping the level's recorded keys",
+    )
     args = parser.parse_args()
     summaries = [json.loads(pathlib.Path(p).read_text()) for p in args.summary]
     if args.states:
@@ -230,7 +251,7 @@ def main() -> None:
             # Levels not measured by this call keep their recorded entries (issue 7 needs all three keys).
             path = results / "ehrlich.json"
             recorded = json.loads(path.read_text()) if path.exists() else {}
-            path.write_text(json.dumps({**recorded, **ehrlich}, indent=2) + "\n")
+            path.write_text(json.dumps(merge_levels(recorded, ehrlich, args.record_as), indent=2) + "\n")
         if gb1:
             (results / "gb1.json").write_text(json.dumps(gb1, indent=2) + "\n")
 

@@ -348,3 +348,80 @@ def test_kmer_explore_reserves_slots_for_one_unseen_kmer_not_proved_forbidden():
         chosen[explore] = problem.decode(loop.select_batch(proposals, parents, 2))
     assert chosen[0.0] == ["BAAA", "AABA"]  # fully seen only
     assert chosen[1 / 3] == ["AAAC", "BAAA"]  # round(2 / 3) = 1 slot explores AC; AD is never tested
+
+
+def _toy_constrained_problem(initial: list[str]) -> DesignProblem:
+    alphabet = "ABCD"
+    return DesignProblem(
+        name="toy",
+        black_box=FunctionBlackBox(lambda batch: [0.0] * len(batch), length=4, alphabet=alphabet),
+        alphabet=alphabet,
+        initial=initial,
+        is_mutable=torch.ones(4, dtype=torch.bool),
+        learn_feasibility=True,
+        target_value=None,
+        tokenizer=state_tokenizer(alphabet),
+    )
+
+
+def test_explore_feasible_frac_sets_the_quota_from_the_measured_rate_of_unseen_kmers():
+    """Round 1 measured three sequences with one bigram unseen in round 0 (two feasible, one not) and one with
+    two unseen (left out): the rate is (2 + 1) / (3 + 2) = 0.6, so a 0.9 floor admits floor(10 * 0.1 / 0.4) = 2
+    explorers in a batch of 10; with no such row yet the uniform prior gives 0.5 (2 of 10); a floor of 0.5 at
+    rate 0.6 admits the whole batch."""
+    problem = _toy_constrained_problem(["AAAA", "ABAB", "AAAB", "AAAC", "ADAA", "CAAA"])
+    loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9))
+    # Round 0 sees AA, AB, BA. Round 1: AAAC (AC unseen) feasible, ADAA (AD, DA unseen: two) infeasible,
+    # AAAB (all seen) feasible, CAAA (CA unseen) feasible; add BAAD (AD unseen) infeasible.
+    loop.states = torch.cat([problem.initial_states, problem.encode(["BAAD"])])
+    loop.values = torch.tensor([0.0, 0.0, 0.0, 0.0, -math.inf, 0.0, -math.inf])
+    loop.rounds = torch.tensor([0, 0, 1, 1, 1, 1, 1])
+    assert loop.unseen_kmer_feasible_rate() == pytest.approx(3 / 5)
+    assert loop.explore_quota(10) == 2
+    prior = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9))
+    prior.states, prior.values, prior.rounds = loop.states[:2], loop.values[:2], loop.rounds[:2]
+    assert prior.unseen_kmer_feasible_rate() == 0.5
+    assert prior.explore_quota(10) == 2
+    loose = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.5))
+    loose.states, loose.values, loose.rounds = loop.states, loop.values, loop.rounds
+    assert loose.explore_quota(10) == 10
+    # The quota reaches the batch: DAAA (DA unseen, not proved forbidden) goes first; AAAD holds the forbidden
+    # AD (BAAD's only unseen bigram) and ABBB two unseen windows, so neither explores.
+    proposals = problem.encode(["ABBB", "AAAD", "DAAA", "BAAA", "ABAA"])
+    parents = problem.encode(["AAAA"] * 5)
+    assert problem.decode(loose.select_batch(proposals, parents, 3)) == ["DAAA", "BAAA", "ABAA"]
+    assert problem.decode(loop.select_batch(proposals, parents, 3)) == ["BAAA", "ABAA", "AAAD"]  # quota 0
+    fixed = ClosedLoop(problem, LoopConfig(kmer_screen=2, kmer_explore=0.25))
+    fixed.states, fixed.values, fixed.rounds = loop.states, loop.values, loop.rounds
+    assert fixed.explore_quota(10) == 2  # round(2.5): the fixed fraction ignores the data
+
+
+def test_explore_feasible_frac_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"explore_feasible_frac is 1\.0"):
+        LoopConfig(explore_feasible_frac=1.0)
+    with pytest.raises(ValueError, match=r"kmer_explore is 0\.25 and explore_feasible_frac is 0\.9"):
+        LoopConfig(kmer_explore=0.25, explore_feasible_frac=0.9)
+
+
+def test_state_saved_before_an_option_existed_resumes_while_it_is_at_its_default(easy, tmp_path):
+    """A state whose config lacks an option (saved by an older version) resumes when the option is at its
+    default, and is refused when it is not."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    config = LoopConfig(method="ga", **{**TINY, "num_rounds": 1})
+    ClosedLoop(easy, config, tmp_path).run()
+    path = tmp_path / "loop_state.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    saved = json.loads(metadata["config"])
+    del saved["explore_feasible_frac"]
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "config": json.dumps(saved)})
+    longer = LoopConfig(method="ga", **{**TINY, "num_rounds": 1})
+    assert ClosedLoop(easy, longer, tmp_path).run().values.numel() == 16 + 16
+    with pytest.raises(ValueError, match="holds a run of problem"):
+        ClosedLoop(
+            easy, LoopConfig(method="ga", explore_feasible_frac=0.9, **{**TINY, "num_rounds": 1}), tmp_path
+        ).run()

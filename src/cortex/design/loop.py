@@ -34,7 +34,7 @@ import math
 import os
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -239,6 +239,11 @@ class LoopConfig:
     infeasible sequence has proved forbidden (each such k-mer tested once a batch). Without it the screen freezes
     the reachable set: proposals use only k-mers already seen, so no new k-mer is ever seen (Ehrlich easy after
     320 evaluations: 11 of the 14 improving single mutants of the best sequences hold an unseen bigram).
+    explore_feasible_frac (None: off; replaces kmer_explore, which must stay 0): the explorer quota is set each
+    round from the data instead, the largest that keeps the batch's expected feasible fraction at or above this
+    value: quota = floor(batch * (1 - value) / (1 - p)), where p is the measured rate at which candidates with
+    one unseen k-mer were feasible (`unseen_kmer_feasible_rate`); a constraint that allows most unseen k-mers
+    gets many explorers, one that forbids most gets few.
     Baselines: ga_survival_quantile, ga_recombine_prob, ga_mutation_prob (None: 1 / L), random_num_mutations.
     max_idle_rounds: stop after this many consecutive rounds that propose nothing new.
     device: where the surrogate trains and LaMBO-2 runs ("cpu", "cuda").
@@ -271,6 +276,7 @@ class LoopConfig:
     num_mutations_per_step: int = 2
     kmer_screen: int | None = 2
     kmer_explore: float = 0.0
+    explore_feasible_frac: float | None = None
     distinct_edits: bool = True
     max_guidance_updates: int = 4
     guidance_step_size: float = 0.1
@@ -297,6 +303,18 @@ class LoopConfig:
         for name in ("max_noise_level", "max_property_noise_level", "seed_crossover", "kmer_explore"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"LoopConfig.{name} is {getattr(self, name)!r}; expected a float in [0, 1]")
+        if self.explore_feasible_frac is not None:
+            if not 0.0 < self.explore_feasible_frac < 1.0:
+                raise ValueError(
+                    f"LoopConfig.explore_feasible_frac is {self.explore_feasible_frac!r}; expected None or a "
+                    "float in (0, 1)"
+                )
+            if self.kmer_explore:
+                raise ValueError(
+                    f"LoopConfig.kmer_explore is {self.kmer_explore!r} and explore_feasible_frac is "
+                    f"{self.explore_feasible_frac!r}; expected kmer_explore 0 when explore_feasible_frac sets "
+                    "the explorer quota"
+                )
         if self.property_pooling not in POOLING_TYPES:
             raise ValueError(
                 f"LoopConfig.property_pooling is {self.property_pooling!r}; expected one of {POOLING_TYPES}"
@@ -706,7 +724,7 @@ class ClosedLoop:
             logger.info(
                 "k-mer screen: %d of %d candidates fully seen", int((unseen == 0).sum()), unseen.numel()
             )
-            quota = round(cfg.kmer_explore * limit)
+            quota = self.explore_quota(limit)
             if quota:
                 # Explorers: the first `quota` (acquisition order) candidates whose one unseen k-mer is not proved
                 # forbidden, one per k-mer, go first (tier -1).
@@ -789,6 +807,37 @@ class ClosedLoop:
             states = torch.cat([states[: population - num_children], children])
         return self.problem.decode(states)
 
+    def explore_quota(self, limit: int) -> int:
+        """Batch slots of `limit` for explorers (candidates with one unseen k-mer): round(kmer_explore * limit),
+        or with `explore_feasible_frac` f the most that keep the expected feasible fraction >= f when explorers
+        are feasible at the measured rate p and the other candidates always: floor(limit * (1 - f) / (1 - p))."""
+        cfg = self.config
+        if cfg.explore_feasible_frac is None:
+            return round(cfg.kmer_explore * limit)
+        rate = self.unseen_kmer_feasible_rate()
+        if rate >= 1.0:
+            return limit
+        return min(limit, math.floor(limit * (1.0 - cfg.explore_feasible_frac) / (1.0 - rate) + 1e-9))
+
+    def unseen_kmer_feasible_rate(self) -> float:
+        """Posterior mean (uniform Beta(1, 1) prior) of the probability that a measured sequence with exactly one
+        k-mer unseen in the feasible sequences of the earlier rounds is feasible: (a + 1) / (a + b + 2) over the
+        a feasible and b infeasible such rows of rounds >= 1 (NaN rows, unknown, are left out)."""
+        feasible, infeasible = 0, 0
+        for round_index in self.rounds.unique().tolist():
+            if round_index == 0:
+                continue
+            earlier = (self.rounds < round_index) & torch.isfinite(self.values)
+            seen = self.kmer_codes(self.states[earlier]).unique()
+            current = (self.rounds == round_index) & ~self.values.isnan()
+            if seen.numel() == 0 or not bool(current.any()):
+                continue
+            one_unseen = (~torch.isin(self.kmer_codes(self.states[current]), seen)).sum(-1) == 1
+            measured_feasible = torch.isfinite(self.values[current])
+            feasible += int((one_unseen & measured_feasible).sum())
+            infeasible += int((one_unseen & ~measured_feasible).sum())
+        return (feasible + 1) / (feasible + infeasible + 2)
+
     def unseen_kmers(self, states: torch.Tensor) -> torch.Tensor:
         """(N,) int64 for (N, L) states: how many windows of `kmer_screen` consecutive tokens occur in no measured
         feasible sequence (all 0 when none is measured yet)."""
@@ -861,6 +910,16 @@ class ClosedLoop:
             os.fsync(handle.fileno())
         os.replace(temporary, path)  # atomic: a reader sees the old round or the new one, never a mix
 
+    def _same_config(self, saved: dict) -> bool:
+        """True when a saved run's config equals this loop's, where an option the saved run predates (absent
+        from its config) counts as equal while it is at its default here (that option did not exist, so the
+        run behaved as its default)."""
+        defaults = {f.name: f.default for f in fields(LoopConfig)}
+        current = asdict(self.config)
+        return all(
+            saved[key] == value if key in saved else value == defaults[key] for key, value in current.items()
+        ) and set(saved) <= set(current)
+
     def _load(self) -> bool:
         """Restores a saved run; False when there is none. ValueError if it belongs to another run."""
         if self.state_dir is None:
@@ -875,7 +934,7 @@ class ClosedLoop:
         if metadata.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a closed-loop state (format {metadata.get('format')!r})")
         expected = json.dumps(asdict(self.config), sort_keys=True)
-        if metadata["problem"] != self.problem.name or metadata["config"] != expected:
+        if metadata["problem"] != self.problem.name or not self._same_config(json.loads(metadata["config"])):
             raise ValueError(
                 f"{path} holds a run of problem {metadata['problem']!r} with config {metadata['config']}; "
                 f"expected problem {self.problem.name!r} with config {expected} (use another state_dir)"
