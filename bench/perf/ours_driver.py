@@ -5,6 +5,7 @@ corruption process; one regression and one MLM leaf) trained with `NeuralTreeSys
 LaMBO-2 step (`LaMBO2.step`) over a population of GFP seeds.
 
     python ours_driver.py train --device cuda --root conv1d --width 128 --out result.json [--compile] [--devices 2]
+        [--step-graph]
     python ours_driver.py design --device cpu --population 16 --length 237 --out result.json
 """
 
@@ -70,12 +71,13 @@ def train(args: argparse.Namespace) -> dict:
     cuda = args.device.startswith("cuda")
     datamodule = TreeDataModule(
         tasks, model=model, batch_size=args.batch_size, num_workers=args.num_workers, seed=0,
-        drop_last=True, pin_memory=cuda,
+        drop_last=True, pin_memory=cuda and args.pin_memory,
     )  # fmt: skip
     system = NeuralTreeSystem(
         model, tasks, {"protein": MaskCorruption(ProteinTokenizer().mask_token_id)},
         optim={"lr": 5e-3, "betas": (0.99, 0.999), "warmup_steps": 0, "schedule": "constant"},
         strategy=args.strategy, compile={"mode": args.compile_mode} if args.compile else False,
+        step_graph=args.step_graph,
     )  # fmt: skip
     timer = make_timer(
         pl.Callback, args.device, args.warmup_steps, args.measure_steps, args.profile_steps,
@@ -154,6 +156,17 @@ def main() -> None:
     parser.add_argument(
         "--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)"
     )
+    parser.add_argument(
+        "--step-graph",
+        action="store_true",
+        help="capture each training step as a CUDA graph (NeuralTreeSystem)",
+    )
+    parser.add_argument(
+        "--pin-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cuda: DataLoader(pin_memory=...) (--no-pin-memory copies batches from shared memory directly)",
+    )
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--measure-steps", type=int, default=20)
@@ -180,6 +193,7 @@ def main() -> None:
         return  # a non-zero DDP rank: rank 0 writes the result
     result.update(side="ours", cortex_file=cortex.__file__, workload=args.workload, root=args.root,
                   width=args.width, device=args.device, compile=args.compile and args.compile_mode, devices=args.devices,
+                  step_graph=args.step_graph, pin_memory=args.pin_memory, num_workers=args.num_workers,
                   **environment(args.device))  # fmt: skip
     write_json(args.out, result)
 

@@ -109,3 +109,35 @@ def test_load_gfp_is_seeded_and_rejects_too_many_rows():
     assert not first["sequence"].str.contains(r"\*").any()
     with pytest.raises(ValueError, match="num_rows=10000000"):
         common.load_gfp(10_000_000)
+
+
+def test_step_graph_settings_are_summarized_and_only_compiled_ones_count_as_compiled():
+    """Rows as bench/perf/run.py records them (figures made up; summarize is arithmetic): the headline is the fastest
+    setting against the original, the compile speed-up the best setting that runs torch.compile."""
+
+    def result(samples, busy, memory):
+        return {"samples_per_s": samples, "gpu_busy": busy, "peak_memory_bytes": memory, "gpu": "test"}
+
+    row = {
+        "workload": "a",
+        "config": "a conv1d w128 b128",
+        "original": result(1000.0, 0.04, 100),
+        "ours": result(10000.0, 0.2, 80),
+        "ours_compiled": {"reduce-overhead": result(20000.0, 0.2, 85)},
+        "ours_step_graph": {"eager": result(40000.0, 0.9, 90), "default": result(30000.0, 0.7, 70)},
+    }
+    args = run.argparse.Namespace(device="cuda", tiny=False)
+    summary = run.summarize([row], args)
+    assert set(summary["settings"]) == {
+        "eager",
+        "compiled:reduce-overhead",
+        "step_graph:eager",
+        "step_graph:default",
+    }
+    assert summary["headline_setting"] == "step_graph:eager"
+    assert summary["train_ratio_a"] == pytest.approx(40.0) and summary["gpu_busy_a"] == pytest.approx(0.9)
+    assert summary["memory_ratio_a"] == pytest.approx(0.9)
+    # step_graph:eager is 4x eager but runs no torch.compile: the compile figure is step_graph:default's 3x
+    assert summary["compile_setting"] == "step_graph:default" and summary["compile_speedup"] == pytest.approx(
+        3.0
+    )

@@ -142,6 +142,7 @@ def build(cfg: DictConfig) -> tuple[NeuralTreeSystem, TreeDataModule, pl.Trainer
         seed=cfg.seed,
         compile=cfg.compile,
         joint_backward=cfg.get("joint_backward", "auto"),
+        step_graph=_container(cfg.get("step_graph", False)),
     )
     # A callback set to null (e.g. `callbacks.lr_monitor=null`, or by logger=none) is left out.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]

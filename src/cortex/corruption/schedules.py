@@ -167,17 +167,25 @@ class TimestepSampler(nn.Module):
         """(batch_size,) int64 timesteps on the rising axis (t = 0 clean)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        rng_device = generator.device if generator is not None else torch.device("cpu")
-        concentration = torch.tensor([self.concentration1, self.concentration0], device=rng_device)
+        # The draw runs on the generator's device, else on `device` (else the schedule's): on CPU that is the
+        # original's CPU RNG stream; on a GPU no host draw and host-to-device copy sits in the step (a blocking
+        # copy synchronised the stream, issue 8, and a captured step graph cannot read host memory).
+        if generator is not None:
+            rng_device = generator.device
+        else:
+            rng_device = torch.device(device) if device is not None else self.noise_levels.device
+        # (batch_size, 2) rows [a, b], filled on the device (no host tensor to copy inside a captured graph).
+        concentration = torch.stack(
+            [
+                torch.full((batch_size,), value, device=rng_device)
+                for value in (self.concentration1, self.concentration0)
+            ],
+            dim=1,
+        )
         # Beta(a, b).sample((n,)) is Dirichlet([a, b]) component 0; this is the same kernel and RNG draw.
-        u = torch._sample_dirichlet(concentration.expand(batch_size, 2).contiguous(), generator=generator)[
-            :, 0
-        ]
+        u = torch._sample_dirichlet(concentration, generator=generator)[:, 0]
         t_original = torch.round(self.num_timesteps * u).to(torch.int32).long()  # original's t' in [0, T]
         t = torch.where(t_original == 0, t_original, self.num_timesteps + 1 - t_original)
-        # The draw stays on the generator's device (the original's CPU RNG stream); a blocking host-to-GPU copy
-        # would synchronise the stream once a corrupted forward (issue 8 counted them with the CUDA sync debug
-        # mode), so it is queued instead: CUDA stages a pageable source before the call returns.
         return t.to(device if device is not None else self.noise_levels.device, non_blocking=True)
 
     def sample_noise_level(

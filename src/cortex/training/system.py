@@ -15,6 +15,8 @@ Optimisation strategies:
       peak holds one task's activations (the same gradient up to float summation order); "auto" (default)
       is sequential on one process and sum under distributed strategies, whose gradient hooks expect one
       backward per step, and under CUDA-graph compile modes (CUDAGRAPH_MODES).
+      `step_graph` (CUDA only) captures the summed step's forward, losses and backward as one CUDA graph and
+      replays it (cortex.training.graphs): the host then launches one graph a step instead of every kernel.
   "per_task": the original's (spec 6.3, A8): for each task in order, zero_grad, backward of that task's loss,
       clip, optimizer step; one shared optimizer. The LR scheduler advances once per batch.
 
@@ -25,7 +27,9 @@ uninterrupted one exactly.
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 
 from cortex.data.collate import TreeBatch
+from cortex.training.graphs import StepGraph
 from cortex.training.metrics import METRICS
 from cortex.training.schedules import INTERVALS, warmup_cosine_scheduler
 
@@ -48,6 +53,9 @@ JOINT_BACKWARDS = ("auto", "sum", "sequential")
 # CUDAGraphs that has been overwritten by a subsequent run"), so these modes take the summed backward.
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Noise level of each leaf type's inputs at evaluation (spec 5.6: property tasks clean, LM tasks 0.5).
+STEP_GRAPH_OPTIONS = ("warmup_steps", "max_graphs")
+# Lightning precisions that scale the loss with a GradScaler, whose inf check syncs with the host (not capturable).
+SCALED_PRECISIONS = ("16-mixed", "16", 16)
 EVAL_NOISE_LEVELS: dict[str, float] = {"regressor": 0.0, "classifier": 0.0, "mlm": 0.5, "causal_lm": 0.0}
 
 
@@ -126,6 +134,20 @@ def _compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any] | None
     return dict(compile)
 
 
+def _step_graph_options(step_graph: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+    """`step_graph` argument -> keyword arguments of `StepGraph` (None = no graph)."""
+    if isinstance(step_graph, bool):
+        return {} if step_graph else None
+    if not isinstance(step_graph, Mapping):
+        raise ValueError(
+            f"step_graph={step_graph!r}; expected true/false or a mapping of {STEP_GRAPH_OPTIONS}"
+        )
+    unknown = sorted(set(step_graph) - set(STEP_GRAPH_OPTIONS))
+    if unknown:
+        raise ValueError(f"step_graph has unknown keys {unknown}; expected some of {STEP_GRAPH_OPTIONS}")
+    return dict(step_graph)
+
+
 METRIC_UPDATES: dict[str, Callable[..., None]] = {
     "regressor": _update_regression,
     "classifier": _update_classification,
@@ -165,6 +187,12 @@ class NeuralTreeSystem(pl.LightningModule):
         compile: compile the model in place (`model.compile()`), so state-dict keys never gain `_orig_mod.`;
             True for torch.compile's defaults (inductor), or a mapping of `torch.compile` arguments among
             COMPILE_OPTIONS, e.g. {"backend": "aot_eager", "dynamic": None}.
+        joint_backward: "auto" | "sum" | "sequential" (see the module docstring).
+        step_graph: capture each training step's forward, losses and backward as a CUDA graph (`StepGraph`):
+            True, or a mapping with `warmup_steps` (eager steps first, default 3) and `max_graphs` (distinct batch
+            shapes captured, default 4). strategy "joint" (its `joint_backward` applies inside the graph), one
+            CUDA process, no fp16 loss scaling and no CUDA-graph compile mode; the callbacks' backward hooks are
+            not called (the backward is inside the graph).
 
     Batches: a mapping task name -> `TreeBatch` (a CombinedLoader of one loader per task); a task missing
     from a validation batch (exhausted loader) is skipped.
@@ -182,6 +210,7 @@ class NeuralTreeSystem(pl.LightningModule):
         seed: int = 0,
         compile: bool | Mapping[str, Any] = False,
         joint_backward: str = "auto",
+        step_graph: bool | Mapping[str, Any] = False,
     ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
@@ -196,6 +225,16 @@ class NeuralTreeSystem(pl.LightningModule):
                 "overwrites the previous task's saved activations; use 'sum' or 'auto'"
             )
         self._cudagraphs = cudagraphs
+        self.step_graph_options = _step_graph_options(step_graph)
+        if self.step_graph_options is not None:
+            if strategy != "joint":
+                raise ValueError(f"step_graph with strategy={strategy!r}; expected strategy 'joint'")
+            if cudagraphs:
+                raise ValueError(
+                    f"step_graph with compile mode {compile['mode']!r}, which replays CUDA graphs of its own; use "
+                    "mode 'default' (inductor kernels inside the step graph) or no compile"
+                )
+        self._step_graph: StepGraph | None = None
         self.model = model
         self.tasks = list(tasks)
         self.optim = optim if isinstance(optim, OptimizerConfig) else OptimizerConfig(**dict(optim or {}))
@@ -291,7 +330,7 @@ class NeuralTreeSystem(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_generators(self._batch_seed() % (2**63), self.device)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         if self.automatic_optimization:
             return self._joint_step(batch, batch_idx)
         return self._per_task_step(batch)
@@ -334,6 +373,7 @@ class NeuralTreeSystem(pl.LightningModule):
             self.log(key, value, prog_bar=prog_bar, batch_size=batch_size)
 
     def _sequential_backward(self) -> bool:
+        # A step graph captures the per-task backwards in one graph: no torch.compile graph replay in between.
         if self.joint_backward == "auto":
             return self.trainer.world_size == 1 and not self._cudagraphs
         if self.joint_backward == "sequential" and self.trainer.world_size > 1:
@@ -346,16 +386,61 @@ class NeuralTreeSystem(pl.LightningModule):
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
         # Lightning's automatic loop zeroes gradients after training_step, before the returned loss's backward:
         # that would drop the gradients a sequential step already accumulated, so that step zeroes them itself.
-        if self.automatic_optimization and self._sequential_backward():
+        # A step graph zeroes them itself, in place (their addresses are the graph's outputs).
+        if self.automatic_optimization and (self._step_graph is not None or self._sequential_backward()):
             return
         optimizer.zero_grad()
 
-    def _joint_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def weighted_task_loss(self, task: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(task's training loss on its batch, its weight x that loss in float32)."""
+        loss = self.task_loss(task, batch[task.name])
+        return loss, self.task_weights[task.name] * loss.float()
+
+    def summed_losses(self, batch: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every task's training loss on its batch, and their weighted sum (float32)."""
+        parts = {task.name: self.weighted_task_loss(task, batch) for task in self.tasks}
+        total = torch.stack([weighted for _, weighted in parts.values()]).sum()
+        return {name: loss for name, (loss, _) in parts.items()}, total
+
+    def on_fit_start(self) -> None:
+        if self.step_graph_options is None:
+            return
+        trainer = self.trainer
+        if self.device.type != "cuda":
+            raise ValueError(f"step_graph needs a CUDA device; this run trains on {self.device}")
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"step_graph with {trainer.world_size} processes; DDP's gradient hooks are not captured: expected one"
+            )
+        if trainer.precision in SCALED_PRECISIONS:
+            raise ValueError(
+                f"step_graph with precision {trainer.precision!r} (loss scaling syncs with the host); use "
+                "'bf16-mixed', '32-true' or '16-true'"
+            )
+        self._step_graph = StepGraph(
+            {task.name: functools.partial(self.weighted_task_loss, task) for task in self.tasks},
+            list(self.model.parameters()),
+            sequential=self._sequential_backward(),
+            **self.step_graph_options,
+        )
+        # The graphed training_step returns None (its backward ran inside the graph): Lightning then runs no
+        # backward of its own, and warns once that the step returned None.
+        warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
+
+    def _graphed_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        accumulate = self.trainer.accumulate_grad_batches
+        # Zeroed where Lightning would zero them (its zero_grad hook is a no-op under a step graph).
+        if batch_idx % accumulate == 0:
+            self._step_graph.zero_grads()
+        losses, total = self._step_graph(batch, scale=1.0 / accumulate)
+        self._log_losses(losses, batch, [total])
+        return None
+
+    def _joint_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if self._step_graph is not None:
+            return self._graphed_step(batch, batch_idx)
         if not self._sequential_backward():
-            losses = {task.name: self.task_loss(task, batch[task.name]) for task in self.tasks}
-            total = torch.stack(
-                [self.task_weights[name] * loss.float() for name, loss in losses.items()]
-            ).sum()
+            losses, total = self.summed_losses(batch)
             parts = [total]
         else:
             # Every task but the last: backward now, through the strategy (precision scaling, hooks), scaled as
