@@ -390,7 +390,26 @@ def test_explore_feasible_frac_sets_the_quota_from_the_measured_rate_of_unseen_k
     proposals = problem.encode(["ABBB", "AAAD", "DAAA", "BAAA", "ABAA"])
     parents = problem.encode(["AAAA"] * 5)
     assert problem.decode(loose.select_batch(proposals, parents, 3)) == ["DAAA", "BAAA", "ABAA"]
-    assert problem.decode(loop.select_batch(proposals, parents, 3)) == ["BAAA", "ABAA", "AAAD"]  # quota 0
+    # Quota 0 at the 0.9 floor; the fill (AAAD: the forbidden AD) cannot keep the floor, so the round measures 2.
+    assert problem.decode(loop.select_batch(proposals, parents, 3)) == ["BAAA", "ABAA"]
+
+
+def test_feasible_floor_drops_the_fill_then_the_last_explorers():
+    """An ordered batch [explorer, seen, seen, two unseen windows, forbidden] is feasible with probabilities
+    [0.6, 1, 1, 0.36, 0] (measured rate 0.6): at a 0.9 floor the forbidden row, the fill and the explorer go
+    (2 of 2 >= 0.9); at 0.5 the expected fraction 2.96 / 5 already holds."""
+    problem = _toy_constrained_problem(["AAAA", "ABAB", "AAAB", "AAAC", "ADAA", "CAAA", "BAAD"])
+    values = torch.tensor([0.0, 0.0, 0.0, 0.0, -math.inf, 0.0, -math.inf])
+    batch = problem.encode(["DAAA", "BAAA", "ABAA", "ABBB", "AAAD"])
+    tiers = torch.tensor([-1, 0, 0, 2, 1])
+    kept = {}
+    for floor in (0.9, 0.5):
+        loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=floor))
+        loop.states, loop.values = problem.initial_states, values
+        loop.rounds = torch.tensor([0, 0, 1, 1, 1, 1, 1])
+        kept[floor] = loop.within_feasible_floor(batch, tiers).tolist()
+    assert kept[0.9] == [False, True, True, False, False]
+    assert kept[0.5] == [True] * 5
     fixed = ClosedLoop(problem, LoopConfig(kmer_screen=2, kmer_explore=0.25))
     fixed.states, fixed.values, fixed.rounds = loop.states, loop.values, loop.rounds
     assert fixed.explore_quota(10) == 2  # round(2.5): the fixed fraction ignores the data

@@ -243,7 +243,9 @@ class LoopConfig:
     round from the data instead, the largest that keeps the batch's expected feasible fraction at or above this
     value: quota = floor(batch * (1 - value) / (1 - p)), where p is the measured rate at which candidates with
     one unseen k-mer were feasible (`unseen_kmer_feasible_rate`); a constraint that allows most unseen k-mers
-    gets many explorers, one that forbids most gets few.
+    gets many explorers, one that forbids most gets few. The floor also bounds the rest of the batch
+    (`within_feasible_floor`): when too few fully seen candidates exist, a round measures fewer sequences
+    instead of filling the batch with likely infeasible ones.
     Baselines: ga_survival_quantile, ga_recombine_prob, ga_mutation_prob (None: 1 / L), random_num_mutations.
     max_idle_rounds: stop after this many consecutive rounds that propose nothing new.
     device: where the surrogate trains and LaMBO-2 runs ("cpu", "cuda").
@@ -755,8 +757,44 @@ class ClosedLoop:
             tier = (
                 unseen if cfg.kmer_screen is not None and self.problem.learn_feasibility else 0
             ) * 2 + repeated
-            index = index[torch.sort(tier, stable=True).indices]
-        return proposals[index[:limit]]
+            order = torch.sort(tier, stable=True).indices
+            index = index[order]
+            if cfg.kmer_screen is not None and self.problem.learn_feasibility:
+                unseen = unseen[order]
+        index = index[:limit]
+        if (
+            cfg.explore_feasible_frac is not None
+            and cfg.kmer_screen is not None
+            and self.problem.learn_feasibility
+        ):
+            index = index[self.within_feasible_floor(proposals[index], unseen[:limit])]
+        return proposals[index]
+
+    def within_feasible_floor(self, batch: torch.Tensor, tiers: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the rows of an ordered (B, L) batch kept so that its expected feasible fraction is at least
+        `explore_feasible_frac`. tiers (B,): -1 explorer, else the number of unseen k-mer windows. A row is
+        feasible with probability 1 when fully seen, 0 when it holds a k-mer proved forbidden, else p ** u (p
+        the measured rate `unseen_kmer_feasible_rate`, u its unseen windows, explorers u = 1). Rows that may be
+        infeasible are dropped from the end (the fewest-unseen fill first, then the last explorers) until the
+        floor holds; the round then measures fewer than `batch_size` rather than spend evaluations on likely
+        infeasible sequences (with a small seed pool the fully seen candidates can run out: Ehrlich easy,
+        `lambo_seed_pool=8`, 27 of 64 in a round, and the fill took its feasible fraction to 0.77)."""
+        rate = self.unseen_kmer_feasible_rate()
+        forbidden = self.forbidden_kmers()
+        holds_forbidden = torch.isin(self.kmer_codes(batch), forbidden).any(-1)  # (B,)
+        probability = torch.where(
+            holds_forbidden, 0.0, torch.full(tiers.shape, rate, dtype=torch.float64) ** tiers.abs()
+        )  # (B,)
+        keep = torch.ones(tiers.shape, dtype=torch.bool)
+        total, size = float(probability.sum()), tiers.numel()
+        for row in reversed(range(tiers.numel())):
+            if total >= self.config.explore_feasible_frac * size - 1e-9:
+                break
+            if probability[row] < 1.0:
+                keep[row] = False
+                total -= float(probability[row])
+                size -= 1
+        return keep
 
     @torch.inference_mode()
     def prospective_quality(
