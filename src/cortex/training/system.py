@@ -484,7 +484,15 @@ class NeuralTreeSystem(pl.LightningModule):
         # Lightning moves the model to its device before this hook: with every parameter a floating CUDA
         # tensor, the fused kernel updates them all in one launch (foreach, torch's CUDA default, launches
         # several per parameter group chunk; issue 8 profiled ~30 ms of launches a small GPU step).
-        fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+        # Not with Lightning's mixed-precision plugins and gradient clipping: they refuse to clip for an optimizer
+        # that unscales gradients itself, as fused ones declare (bf16-mixed included, which has no scaler).
+        clipped = self._trainer is not None and bool(self.trainer.gradient_clip_val)
+        mixed = self._trainer is not None and str(self.trainer.precision).endswith("-mixed")
+        fused = (
+            bool(params)
+            and all(p.is_cuda and p.is_floating_point() for p in params)
+            and not (clipped and mixed)
+        )
         optimizer = OPTIMIZERS[self.optim.name](
             params,
             lr=self.optim.lr,
