@@ -1,0 +1,96 @@
+"""Peak GPU memory of one training step of workload (a) (issue 8), eager and captured by `StepGraph`, phase by phase.
+
+    python bench/step_graph_memory.py --width 128 --out $OUT/step_graph_memory.json      # CUDA only
+
+For the tutorial tree at `--width`, batch 128 a task, on real GFP rows: the peak `torch.cuda.max_memory_allocated`
+above the resident state (parameters, gradients, Adam state, batch) of an eager step with the per-task backward
+and with the summed one, of the capture and of a replay, for each capture variant (the graph's own capture stream,
+or the warm-up's stream). A diagnostic of where a step graph's extra memory comes from, not a speed benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
+from common import load_gfp
+from ours_driver import tree_config
+
+from cortex.corruption import MaskCorruption
+from cortex.data.datamodule import TreeDataModule
+from cortex.data.tables import RandomSplit, TableData
+from cortex.data.tokenization import ProteinTokenizer
+from cortex.model import NeuralTreeModel
+from cortex.tasks.language_model import MLMTask
+from cortex.tasks.regression import RegressionTask
+from cortex.training import NeuralTreeSystem
+from cortex.training.graphs import StepGraph
+
+MIB = 2**20
+
+
+def peak_above(base: int, fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / MIB
+
+
+def measure(step: StepGraph, batch: dict, mode: str) -> dict[str, float]:
+    """Peaks (MiB above the resident state) of an eager step, the capture (+ its replay) and a replay."""
+    step(batch)  # eager warm-up: gradients exist from here on
+    base = torch.cuda.memory_allocated()
+    found = {f"resident_mib_{mode}": base / MIB}
+    found[f"eager_step_peak_mib_{mode}"] = peak_above(base, lambda: step._run_body(batch, 1.0))
+    found[f"capture_peak_mib_{mode}"] = peak_above(base, lambda: step(batch))  # captures, then replays
+    found[f"after_capture_mib_{mode}"] = (torch.cuda.memory_allocated() - base) / MIB
+    found[f"replay_peak_mib_{mode}"] = peak_above(torch.cuda.memory_allocated(), lambda: step(batch))
+    found[f"reserved_mib_{mode}"] = torch.cuda.memory_reserved() / MIB
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise ValueError("bench/step_graph_memory.py needs a CUDA device")
+    torch.manual_seed(0)
+    model = NeuralTreeModel(tree_config("conv1d", args.width)).cuda()
+    data = TableData(load_gfp(1024), split=RandomSplit({"train": 0.8, "test": 0.2}, seed=0))
+    tasks = [
+        RegressionTask("log_fluorescence", "log_fluorescence", {"protein": "sequence"}, ["log_brightness"],
+                       data=data),
+        MLMTask("protein_seq", "protein_seq", {"protein": "sequence"}, data=data),
+    ]  # fmt: skip
+    system = NeuralTreeSystem(
+        model, tasks, {"protein": MaskCorruption(ProteinTokenizer().mask_token_id)}
+    ).cuda()
+    datamodule = TreeDataModule(tasks, model=model, batch_size=128, seed=0, drop_last=True)
+    datamodule.setup("fit")
+    system.fit_tasks({name: frames["train"] for name, frames in datamodule.frames.items()})
+    batch, _, _ = next(iter(datamodule.train_dataloader()))
+    batch = {name: b.to("cuda") for name, b in batch.items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    task_losses = {task.name: functools.partial(system.weighted_task_loss, task) for task in tasks}
+    result: dict[str, float] = {"width": args.width}
+    for sequential in (True, False):
+        step = StepGraph(task_losses, params, sequential=sequential, warmup_steps=1)
+        result.update(measure(step, batch, "sequential" if sequential else "sum"))
+        del step
+        torch.cuda.empty_cache()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
