@@ -120,32 +120,18 @@ def _update_causal_lm(metric, task, outputs, batch) -> None:
 COMPILE_OPTIONS = ("backend", "mode", "dynamic", "fullgraph", "options")
 
 
-def _compile_options(compile: bool | Mapping[str, Any]) -> dict[str, Any] | None:
-    """`compile` argument -> keyword arguments of `model.compile` (None = do not compile)."""
-    if isinstance(compile, bool):
-        return {} if compile else None
-    if not isinstance(compile, Mapping):
-        raise ValueError(
-            f"compile={compile!r}; expected true/false or a mapping of torch.compile arguments {COMPILE_OPTIONS}"
-        )
-    unknown = sorted(set(compile) - set(COMPILE_OPTIONS))
+def _switch_options(
+    name: str, value: bool | Mapping[str, Any], allowed: Sequence[str]
+) -> dict[str, Any] | None:
+    """A true/false-or-mapping argument (`compile`, `step_graph`) -> keyword arguments (None = off)."""
+    if isinstance(value, bool):
+        return {} if value else None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}={value!r}; expected true/false or a mapping of {tuple(allowed)}")
+    unknown = sorted(set(value) - set(allowed))
     if unknown:
-        raise ValueError(f"compile has unknown keys {unknown}; expected some of {COMPILE_OPTIONS}")
-    return dict(compile)
-
-
-def _step_graph_options(step_graph: bool | Mapping[str, Any]) -> dict[str, Any] | None:
-    """`step_graph` argument -> keyword arguments of `StepGraph` (None = no graph)."""
-    if isinstance(step_graph, bool):
-        return {} if step_graph else None
-    if not isinstance(step_graph, Mapping):
-        raise ValueError(
-            f"step_graph={step_graph!r}; expected true/false or a mapping of {STEP_GRAPH_OPTIONS}"
-        )
-    unknown = sorted(set(step_graph) - set(STEP_GRAPH_OPTIONS))
-    if unknown:
-        raise ValueError(f"step_graph has unknown keys {unknown}; expected some of {STEP_GRAPH_OPTIONS}")
-    return dict(step_graph)
+        raise ValueError(f"{name} has unknown keys {unknown}; expected some of {tuple(allowed)}")
+    return dict(value)
 
 
 METRIC_UPDATES: dict[str, Callable[..., None]] = {
@@ -225,7 +211,7 @@ class NeuralTreeSystem(pl.LightningModule):
                 "overwrites the previous task's saved activations; use 'sum' or 'auto'"
             )
         self._cudagraphs = cudagraphs
-        self.step_graph_options = _step_graph_options(step_graph)
+        self.step_graph_options = _switch_options("step_graph", step_graph, STEP_GRAPH_OPTIONS)
         if self.step_graph_options is not None:
             if strategy != "joint":
                 raise ValueError(f"step_graph with strategy={strategy!r}; expected strategy 'joint'")
@@ -242,7 +228,7 @@ class NeuralTreeSystem(pl.LightningModule):
         self.automatic_optimization = strategy == "joint"
         self.gradient_clip_val = gradient_clip_val
         self.seed = int(seed)
-        self.compile_options = _compile_options(compile)
+        self.compile_options = _switch_options("compile", compile, COMPILE_OPTIONS)
         leaf_types = {name: node["type"] for name, node in model.config.leaves.items()}
         roots = list(model.config.roots)
         names = [task.name for task in self.tasks]
