@@ -79,7 +79,7 @@ def main() -> None:
     system.fit_tasks({name: frames["train"] for name, frames in datamodule.frames.items()})
     batch, _, _ = next(iter(datamodule.train_dataloader()))
     batch = {name: b.to("cuda") for name, b in batch.items()}
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
     task_losses = {task.name: functools.partial(system.weighted_task_loss, task) for task in tasks}
     result: dict[str, float] = {"width": args.width}
     for sequential in (True, False):

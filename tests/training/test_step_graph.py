@@ -16,7 +16,7 @@ import torch
 from helpers import quiet_trainer, tiny_setup
 
 from cortex.training import NeuralTreeSystem
-from cortex.training.graphs import StepGraph, batch_signature
+from cortex.training.graphs import StepGraph, _Captured, batch_signature
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -40,13 +40,13 @@ def test_step_graph_options_are_checked():
     weight = torch.nn.Parameter(torch.ones(2))
     task_losses = {"t": lambda batch: (weight.sum(), weight.sum())}
     with pytest.raises(ValueError, match="warmup_steps=0"):
-        StepGraph(task_losses, [weight], warmup_steps=0)
+        StepGraph(task_losses, {"w": weight}, warmup_steps=0)
     with pytest.raises(ValueError, match="max_graphs=-1"):
-        StepGraph(task_losses, [weight], max_graphs=-1)
+        StepGraph(task_losses, {"w": weight}, max_graphs=-1)
     with pytest.raises(ValueError, match="no task losses"):
-        StepGraph({}, [weight])
+        StepGraph({}, {"w": weight})
     with pytest.raises(ValueError, match="no parameter requires a gradient"):
-        StepGraph(task_losses, [torch.nn.Parameter(torch.ones(1), requires_grad=False)])
+        StepGraph(task_losses, {"w": torch.nn.Parameter(torch.ones(1), requires_grad=False)})
 
 
 def test_step_graph_refuses_a_cpu_run_before_training(tmp_path):
@@ -68,7 +68,8 @@ def test_step_body_gives_the_scaled_summed_gradient_and_accumulates_in_place(seq
     system = NeuralTreeSystem(model, tasks, corruption, task_weights={"bind": 2.0})
     datamodule.setup("fit")
     batch, _, _ = next(iter(datamodule.train_dataloader()))
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
 
     model.zero_grad(set_to_none=True)
     torch.manual_seed(3)
@@ -78,7 +79,7 @@ def test_step_body_gives_the_scaled_summed_gradient_and_accumulates_in_place(seq
 
     model.zero_grad(set_to_none=True)
     task_losses = {task.name: functools.partial(system.weighted_task_loss, task) for task in tasks}
-    step = StepGraph(task_losses, params, sequential=sequential, warmup_steps=100)
+    step = StepGraph(task_losses, named, sequential=sequential, warmup_steps=100)
     torch.manual_seed(3)
     losses, total = step(batch, scale=0.5)
     assert set(losses) == {"bind", "expr"} and not total.requires_grad
@@ -97,6 +98,18 @@ def test_step_body_gives_the_scaled_summed_gradient_and_accumulates_in_place(seq
     assert [p.grad.data_ptr() for p in params] == addresses and all(not p.grad.any() for p in params)
     assert step.eager_steps == 2 and step.replays == 0 and not step.graphs
     assert batch_signature(batch) == batch_signature({n: b._apply(torch.clone) for n, b in batch.items()})
+
+
+def test_a_gradient_replaced_after_capture_is_reported():
+    """The guard every replay runs (the capture itself needs CUDA: see the CUDA tests below)."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.zeros(3)
+    captured = _Captured(None, {}, {}, torch.zeros(()), [("root.weight", weight, weight.grad)])
+    weight.grad.add_(1.0)  # in place: still the captured tensor
+    captured.check_grads()
+    weight.grad = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="parameter 'root.weight' has another .grad"):
+        captured.check_grads()
 
 
 # ---- CUDA ------------------------------------------------------------------------------------------------------
@@ -141,6 +154,12 @@ def test_captured_training_ends_with_the_weights_of_uncaptured_training(tmp_path
     assert len(step.graphs) == 1 and step.eager_steps == 2 and step.replays == system.batches_trained - 2 > 8
     for key, value in eager.items():
         torch.testing.assert_close(graphed[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # a .grad replaced after the capture is reported, not written through a stale address
+    (captured,) = step.graphs.values()
+    name, parameter, _ = captured.grads[0]
+    parameter.grad = None
+    with pytest.raises(RuntimeError, match=f"parameter '{name}' has another .grad"):
+        step(captured.batch)
     # the training moved the weights (the comparison is not between two untouched models)
     torch.manual_seed(0)
     initial = tiny_setup(num_rows=160, dropout=0.1)[0].state_dict()

@@ -57,13 +57,30 @@ class _Captured:
     """One captured graph: its static input batch and static outputs."""
 
     def __init__(
-        self, graph: torch.cuda.CUDAGraph, batch: Mapping[str, Any], losses: dict, total: torch.Tensor
+        self,
+        graph: torch.cuda.CUDAGraph,
+        batch: Mapping[str, Any],
+        losses: dict,
+        total: torch.Tensor,
+        grads: list[tuple[str, torch.nn.Parameter, torch.Tensor]],
     ):
         self.graph = graph
         self.batch = batch
         self.inputs = _tensors(batch)
         self.losses = losses
         self.total = total
+        # (name, parameter, its .grad at capture): the graph writes these tensors; holding them keeps their memory
+        # from being reused if a parameter's .grad is replaced, which `check_grads` reports.
+        self.grads = grads
+
+    def check_grads(self) -> None:
+        for name, parameter, grad in self.grads:
+            if parameter.grad is not grad:
+                raise RuntimeError(
+                    f"step_graph: parameter {name!r} has another .grad than when its graph was captured (set to "
+                    "None or replaced, e.g. by zero_grad(set_to_none=True)); the graph writes the captured tensor: "
+                    "zero gradients in place (StepGraph.zero_grads) while a step graph trains"
+                )
 
 
 class StepGraph:
@@ -72,7 +89,8 @@ class StepGraph:
     Args:
         task_losses: task name -> batch -> (loss, weighted loss); the step's gradient is that of the weighted sum.
             Pure tensor code with no host synchronisation.
-        parameters: the trained parameters (their `.grad` tensors are the graph's gradient outputs).
+        parameters: name -> trained parameter (their `.grad` tensors are the graph's gradient outputs), e.g.
+            `dict(model.named_parameters())`.
         sequential: each task's backward right after its forward (the peak holds one task's activations, inside
             the graph too), else one backward of the sum.
         warmup_steps: eager steps before the first capture (>= 1: gradients and compiled code must exist).
@@ -85,7 +103,7 @@ class StepGraph:
     def __init__(
         self,
         task_losses: Mapping[str, TaskLoss],
-        parameters: list[torch.nn.Parameter],
+        parameters: Mapping[str, torch.nn.Parameter],
         sequential: bool = True,
         warmup_steps: int = 3,
         max_graphs: int = 4,
@@ -97,7 +115,8 @@ class StepGraph:
         if not task_losses:
             raise ValueError("step_graph: no task losses; expected at least one task")
         self.task_losses = dict(task_losses)
-        self.parameters = [p for p in parameters if p.requires_grad]
+        trained = {name: p for name, p in parameters.items() if p.requires_grad}
+        self.names, self.parameters = list(trained), list(trained.values())
         if not self.parameters:
             raise ValueError("step_graph: no parameter requires a gradient; expected a model to train")
         self.sequential = sequential
@@ -173,6 +192,7 @@ class StepGraph:
                 self.eager_steps += 1
                 return self._run_body(batch, scale)
             captured = self._capture(batch, signature, scale)
+        captured.check_grads()
         torch._foreach_copy_(captured.inputs, _tensors(batch))
         captured.graph.replay()
         self.replays += 1
@@ -191,8 +211,7 @@ class StepGraph:
         return losses, total
 
     def _capture(self, batch: Mapping[str, Any], signature: tuple, scale: float) -> _Captured:
-        missing = [i for i, p in enumerate(self.parameters) if p.grad is None]
-        if len(missing) == len(self.parameters):
+        if all(p.grad is None for p in self.parameters):
             raise ValueError(
                 "step_graph: no parameter has a gradient after the warm-up steps; expected the step's backward to "
                 "reach the trained parameters"
@@ -214,7 +233,8 @@ class StepGraph:
             losses, total = self._run_body(static, scale)
         torch.cuda.synchronize()
         generator.set_state(rng_state)
-        captured = _Captured(graph, static, losses, total)
+        grads = [(name, p, p.grad) for name, p in zip(self.names, self.parameters) if p.grad is not None]
+        captured = _Captured(graph, static, losses, total, grads)
         self.graphs[signature] = captured
         logger.info("step_graph: captured graph %d for batch shapes %s", len(self.graphs), signature)
         return captured

@@ -405,7 +405,7 @@ class NeuralTreeSystem(pl.LightningModule):
             )
         self._step_graph = StepGraph(
             {task.name: functools.partial(self.weighted_task_loss, task) for task in self.tasks},
-            list(self.model.parameters()),
+            dict(self.model.named_parameters()),
             sequential=self._sequential_backward(),
             **self.step_graph_options,
         )
