@@ -15,7 +15,7 @@ Optimisation strategies:
       peak holds one task's activations (the same gradient up to float summation order); "auto" (default)
       is sequential on one process and sum under distributed strategies, whose gradient hooks expect one
       backward per step, and under CUDA-graph compile modes (CUDAGRAPH_MODES).
-      `step_graph` (CUDA only) captures the summed step's forward, losses and backward as one CUDA graph and
+      `step_graph` (CUDA only) captures the joint step's forwards, losses and backward(s) as one CUDA graph and
       replays it (cortex.training.graphs): the host then launches one graph a step instead of every kernel.
   "per_task": the original's (spec 6.3, A8): for each task in order, zero_grad, backward of that task's loss,
       clip, optimizer step; one shared optimizer. The LR scheduler advances once per batch.
@@ -52,10 +52,10 @@ JOINT_BACKWARDS = ("auto", "sum", "sequential")
 # with a backward between two task forwards that failed on an H200 (torch 2.11, "accessing tensor output of
 # CUDAGraphs that has been overwritten by a subsequent run"), so these modes take the summed backward.
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-# Noise level of each leaf type's inputs at evaluation (spec 5.6: property tasks clean, LM tasks 0.5).
 STEP_GRAPH_OPTIONS = ("warmup_steps", "max_graphs")
 # Lightning precisions that scale the loss with a GradScaler, whose inf check syncs with the host (not capturable).
 SCALED_PRECISIONS = ("16-mixed", "16", 16)
+# Noise level of each leaf type's inputs at evaluation (spec 5.6: property tasks clean, LM tasks 0.5).
 EVAL_NOISE_LEVELS: dict[str, float] = {"regressor": 0.0, "classifier": 0.0, "mlm": 0.5, "causal_lm": 0.0}
 
 
@@ -359,7 +359,7 @@ class NeuralTreeSystem(pl.LightningModule):
             self.log(key, value, prog_bar=prog_bar, batch_size=batch_size)
 
     def _sequential_backward(self) -> bool:
-        # A step graph captures the per-task backwards in one graph: no torch.compile graph replay in between.
+        # Under a step graph too: its one graph holds every task's backward, with no graph replay in between.
         if self.joint_backward == "auto":
             return self.trainer.world_size == 1 and not self._cudagraphs
         if self.joint_backward == "sequential" and self.trainer.world_size > 1:
