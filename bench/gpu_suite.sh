@@ -20,7 +20,7 @@ export PYTHONPATH="${PWD}/src${PYTHONPATH:+:$PYTHONPATH}"
 command -v python >/dev/null || { mkdir -p /tmp/cortex-bin
   printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/cortex-bin/python; chmod +x /tmp/cortex-bin/python
   export PATH="/tmp/cortex-bin:$PATH"; }
-SECTIONS=("${@:-perf128 perf512 lambo fsdp gfp rbd closed_loop}")
+SECTIONS=("${@:-stepgraph perf128 perf512 lambo fsdp gfp rbd closed_loop}")
 run() {  # run NAME SECONDS COMMAND...: time-boxed, logged, its exit status reported
   local name=$1 seconds=$2; shift 2
   timeout "$seconds" "$@" > "$RESULTS/$name.log" 2>&1
@@ -31,11 +31,14 @@ for section in ${SECTIONS[@]}; do
     perf128|perf512) run "$section" 560 "$PYTHON" bench/perf/run.py --original-python "$(command -v "$PYTHON")" \
             --original-pythonpath "${V1_SITE:-.whl-v1/site}" --ours-pythonpath "$PYTHONPATH" --device cuda \
             --workloads a --roots conv1d --widths "${section#perf}" --compile-modes default,reduce-overhead \
-            --timeout 200 --out "$RESULTS/$section.json" ;;
+            --step-graph-modes eager,default --timeout 200 --out "$RESULTS/$section.json" ;;
     hostprof) run hostprof 240 "$PYTHON" bench/perf/ours_driver.py train --device cuda --root conv1d --width 128 \
-                --rows 32768 --num-workers 6 --warmup-steps 15 --measure-steps 100 --profile-steps 20 --compile \
-                --compile-mode reduce-overhead --cprofile "$RESULTS/cprofile_ours_w128_reduce_overhead.txt" \
-                --out "$RESULTS/hostprof_w128_reduce_overhead.json" ;;
+                --rows 32768 --num-workers 6 --warmup-steps 15 --measure-steps 200 --profile-steps 0 --compile \
+                --step-graph --cprofile "$RESULTS/cprofile_ours_w128_step_graph_default.txt" \
+                --out "$RESULTS/hostprof_w128_step_graph_default.json" ;;
+    stepgraph) run stepgraph 200 "$PYTHON" -m pytest -q -p no:cacheprovider tests/training/test_step_graph.py
+               run step_graph_memory 120 "$PYTHON" bench/step_graph_memory.py --width 128 \
+                   --out "$RESULTS/step_graph_memory_w128.json" ;;
     lambo) run lambo 90 "$PYTHON" bench/lambo_speed.py --device cuda --population 128 --steps 3 \
              --output "$RESULTS/lambo_speed.json" ;;
     fsdp) run fsdp 120 "$PYTHON" bench/fsdp_smoke.py --devices 2 --steps 20 ;;
@@ -45,7 +48,8 @@ for section in ${SECTIONS[@]}; do
            --num-threads 2 --parallel --workers 8 --max-minutes 2.5 --out "$RESULTS/rbd.json" \
            --output-dir /tmp/cortex-bench/rbd ;;
     closed_loop) run closed_loop 560 bash bench/closed_loop_gpu.sh "$RESULTS/closed_loop" 420 ;;
-    *) echo "unknown section $section; expected perf128 perf512 hostprof lambo fsdp gfp rbd closed_loop" >&2; exit 2 ;;
+    *) echo "unknown section $section; expected perf128 perf512 hostprof stepgraph lambo fsdp gfp rbd closed_loop" >&2
+       exit 2 ;;
   esac
 done
 # The per-width jobs of issue 8 merged into one perf.json (and its table), as BENCHMARKS.md records them.
