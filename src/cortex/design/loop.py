@@ -726,7 +726,9 @@ class ClosedLoop:
             logger.info(
                 "k-mer screen: %d of %d candidates fully seen", int((unseen == 0).sum()), unseen.numel()
             )
-            quota = self.explore_quota(limit)
+            # The measured feasible rate of one-unseen-k-mer rows: computed once, for the quota and the floor.
+            rate = self.unseen_kmer_feasible_rate() if cfg.explore_feasible_frac is not None else None
+            quota = self.explore_quota(limit, rate)
             if quota:
                 # Explorers: the first `quota` (acquisition order) candidates whose one unseen k-mer is not proved
                 # forbidden, one per k-mer, go first (tier -1).
@@ -767,10 +769,12 @@ class ClosedLoop:
             and cfg.kmer_screen is not None
             and self.problem.learn_feasibility
         ):
-            index = index[self.within_feasible_floor(proposals[index], unseen[:limit])]
+            index = index[self.within_feasible_floor(proposals[index], unseen[:limit], rate)]
         return proposals[index]
 
-    def within_feasible_floor(self, batch: torch.Tensor, tiers: torch.Tensor) -> torch.Tensor:
+    def within_feasible_floor(
+        self, batch: torch.Tensor, tiers: torch.Tensor, rate: float | None = None
+    ) -> torch.Tensor:
         """(B,) bool: the rows of an ordered (B, L) batch kept so that its expected feasible fraction is at least
         `explore_feasible_frac`. tiers (B,): -1 explorer, else the number of unseen k-mer windows. A row is
         feasible with probability 1 when fully seen, 0 when it holds a k-mer proved forbidden, else p ** u (p
@@ -779,7 +783,7 @@ class ClosedLoop:
         floor holds; the round then measures fewer than `batch_size` rather than spend evaluations on likely
         infeasible sequences (with a small seed pool the fully seen candidates can run out: Ehrlich easy,
         `lambo_seed_pool=8`, 27 of 64 in a round, and the fill took its feasible fraction to 0.77)."""
-        rate = self.unseen_kmer_feasible_rate()
+        rate = self.unseen_kmer_feasible_rate() if rate is None else rate
         forbidden = self.forbidden_kmers()
         holds_forbidden = torch.isin(self.kmer_codes(batch), forbidden).any(-1)  # (B,)
         probability = torch.where(
@@ -845,14 +849,14 @@ class ClosedLoop:
             states = torch.cat([states[: population - num_children], children])
         return self.problem.decode(states)
 
-    def explore_quota(self, limit: int) -> int:
+    def explore_quota(self, limit: int, rate: float | None = None) -> int:
         """Batch slots of `limit` for explorers (candidates with one unseen k-mer): round(kmer_explore * limit),
         or with `explore_feasible_frac` f the most that keep the expected feasible fraction >= f when explorers
         are feasible at the measured rate p and the other candidates always: floor(limit * (1 - f) / (1 - p))."""
         cfg = self.config
         if cfg.explore_feasible_frac is None:
             return round(cfg.kmer_explore * limit)
-        rate = self.unseen_kmer_feasible_rate()
+        rate = self.unseen_kmer_feasible_rate() if rate is None else rate
         if rate >= 1.0:
             return limit
         return min(limit, math.floor(limit * (1.0 - cfg.explore_feasible_frac) / (1.0 - rate) + 1e-9))
