@@ -4,8 +4,11 @@
 
 For the tutorial tree at `--width`, batch 128 a task, on real GFP rows: the peak `torch.cuda.max_memory_allocated`
 above the resident state (parameters, gradients, Adam state, batch) of an eager step with the per-task backward
-and with the summed one, of the capture and of a replay, for each capture variant (the graph's own capture stream,
-or the warm-up's stream). A diagnostic of where a step graph's extra memory comes from, not a speed benchmark.
+and with the summed one, of the capture and of a replay, for two stream set-ups: "shared" (StepGraph's: warm-ups
+and captures on one side stream) and "fresh" (session 5's: each warm-up and the capture on a new stream). Blocks
+whose free the capture deferred (state `active_pending_free` in the allocator's snapshot: freed inside the capture
+but marked as used by a second stream) are summed and grouped by the Python frame that allocated them.
+A diagnostic of where a step graph's extra memory comes from, not a speed benchmark.
 """
 
 from __future__ import annotations
@@ -43,14 +46,41 @@ def peak_above(base: int, fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / MIB
 
 
+def pending_frees(snapshot: dict) -> tuple[float, list[tuple[str, float]]]:
+    """(MiB of blocks whose free is deferred, [(allocating frame, MiB)] largest first) from a memory snapshot."""
+    by_frame: dict[str, int] = {}
+    for segment in snapshot["segments"]:
+        for block in segment["blocks"]:
+            if block["state"] != "active_pending_free":
+                continue
+            frames = [
+                f
+                for f in block.get("frames", [])
+                if "cortex" in f["filename"] or "torch/autograd" in f["filename"]
+            ]
+            where = (
+                f"{frames[0]['filename'].rsplit('/', 2)[-1]}:{frames[0]['line']} {frames[0]['name']}"
+                if frames
+                else "?"
+            )
+            by_frame[where] = by_frame.get(where, 0) + block["size"]
+    ranked = sorted(by_frame.items(), key=lambda kv: -kv[1])
+    return sum(by_frame.values()) / MIB, [(where, size / MIB) for where, size in ranked[:8]]
+
+
 def measure(step: StepGraph, batch: dict, mode: str) -> dict[str, float]:
     """Peaks (MiB above the resident state) of an eager step, the capture (+ its replay) and a replay."""
     step(batch)  # eager warm-up: gradients exist from here on
     base = torch.cuda.memory_allocated()
     found = {f"resident_mib_{mode}": base / MIB}
     found[f"eager_step_peak_mib_{mode}"] = peak_above(base, lambda: step._run_body(batch, 1.0))
+    torch.cuda.memory._record_memory_history(max_entries=100_000)
     found[f"capture_peak_mib_{mode}"] = peak_above(base, lambda: step(batch))  # captures, then replays
     found[f"after_capture_mib_{mode}"] = (torch.cuda.memory_allocated() - base) / MIB
+    found[f"pending_free_mib_{mode}"], found[f"pending_free_by_frame_{mode}"] = pending_frees(
+        torch.cuda.memory._snapshot()
+    )
+    torch.cuda.memory._record_memory_history(enabled=None)
     found[f"replay_peak_mib_{mode}"] = peak_above(torch.cuda.memory_allocated(), lambda: step(batch))
     found[f"reserved_mib_{mode}"] = torch.cuda.memory_reserved() / MIB
     return found
@@ -81,12 +111,17 @@ def main() -> None:
     batch = {name: b.to("cuda") for name, b in batch.items()}
     params = dict(model.named_parameters())
     task_losses = {task.name: functools.partial(system.weighted_task_loss, task) for task in tasks}
-    result: dict[str, float] = {"width": args.width}
-    for sequential in (True, False):
-        step = StepGraph(task_losses, params, sequential=sequential, warmup_steps=1)
-        result.update(measure(step, batch, "sequential" if sequential else "sum"))
-        del step
-        torch.cuda.empty_cache()
+    result: dict[str, object] = {"width": args.width}
+    for streams in ("shared", "fresh"):
+        for sequential in (True, False):
+            step = StepGraph(task_losses, params, sequential=sequential, warmup_steps=1)
+            if streams == "fresh":  # session 5's set-up: a new stream for every warm-up and for the capture
+                step._side_stream = lambda: torch.cuda.Stream()
+            result.update(measure(step, batch, f"{'sequential' if sequential else 'sum'}_{streams}"))
+            del step
+            for p in params.values():
+                p.grad = None
+            torch.cuda.empty_cache()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -69,6 +69,10 @@ def train(args: argparse.Namespace) -> dict:
         MLMTask("protein_seq", "protein_seq", {"protein": "sequence"}, data=data),
     ]  # fmt: skip
     cuda = args.device.startswith("cuda")
+    if args.step_graph_fresh_streams:
+        from cortex.training.graphs import StepGraph
+
+        StepGraph._side_stream = lambda self: torch.cuda.Stream()
     datamodule = TreeDataModule(
         tasks, model=model, batch_size=args.batch_size, num_workers=args.num_workers, seed=0,
         drop_last=True, pin_memory=cuda and args.pin_memory,
@@ -162,6 +166,12 @@ def main() -> None:
         help="capture each training step as a CUDA graph (NeuralTreeSystem)",
     )
     parser.add_argument(
+        "--step-graph-fresh-streams",
+        action="store_true",
+        help="diagnostic: session 5's set-up, a new CUDA stream for every warm-up step and for the capture, instead "
+        "of StepGraph's one side stream (an A/B of the step graph's peak memory in one job)",
+    )
+    parser.add_argument(
         "--pin-memory",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -193,7 +203,8 @@ def main() -> None:
         return  # a non-zero DDP rank: rank 0 writes the result
     result.update(side="ours", cortex_file=cortex.__file__, workload=args.workload, root=args.root,
                   width=args.width, device=args.device, compile=args.compile and args.compile_mode, devices=args.devices,
-                  step_graph=args.step_graph, pin_memory=args.pin_memory, num_workers=args.num_workers,
+                  step_graph=args.step_graph, step_graph_fresh_streams=args.step_graph_fresh_streams,
+                  pin_memory=args.pin_memory, num_workers=args.num_workers,
                   **environment(args.device))  # fmt: skip
     write_json(args.out, result)
 

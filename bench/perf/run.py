@@ -325,13 +325,25 @@ def setting_figures(rows: list[dict], setting: str) -> dict[str, Any]:
     }
 
 
+# Issue 8's targets at workload (a) besides throughput: GPU busy (mean over configs) and peak memory over the original's.
+BUSY_TARGET, MEMORY_TARGET = 0.9, 1.0
+
+
+def meets_busy_and_memory(figures: dict[str, Any]) -> bool:
+    busy, memory = figures.get("gpu_busy_a"), figures.get("memory_ratio_a")
+    return busy is not None and memory is not None and busy >= BUSY_TARGET and memory <= MEMORY_TARGET
+
+
 def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
     names = sorted({name for r in rows if r["workload"] == "a" for name in settings(r)})
     by_setting = {name: setting_figures(rows, name) for name in names}
-    # The headline is this project's fastest setting against the original (all of its figures from that setting);
-    # every setting's figures are kept beside it.
+    # The headline is this project's fastest setting against the original among those that also meet issue 8's
+    # GPU-busy and memory targets (all of its figures from that one setting), else the fastest; the fastest is
+    # named beside it and every setting's figures are kept.
     measured = [name for name in names if by_setting[name]["train_ratio_a"] is not None]
-    headline = max(measured, key=lambda name: by_setting[name]["train_ratio_a"]) if measured else "eager"
+    fastest = max(measured, key=lambda name: by_setting[name]["train_ratio_a"]) if measured else "eager"
+    on_target = [name for name in measured if meets_busy_and_memory(by_setting[name])]
+    headline = max(on_target, key=lambda name: by_setting[name]["train_ratio_a"]) if on_target else fastest
     head = by_setting.get(headline, {})
     compiled = [name for name in names if is_compiled(name) and by_setting[name]["speedup_over_eager"]]
     best_compiled = max(compiled, key=lambda name: by_setting[name]["speedup_over_eager"], default=None)
@@ -349,6 +361,7 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
         "design_ratio_c": geometric_mean([x for x in design if x]),
         "gpu": gpu or "none (cpu run)",
         "headline_setting": headline,
+        "fastest_setting": fastest,
         "compile_setting": best_compiled,
         "settings": by_setting,
         "device": args.device,
@@ -356,8 +369,9 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
         "date": datetime.date.today().isoformat(),
         "definitions": {
             "train_ratio_a": "ours / original training samples/s (rows of all tasks per second, steady state), "
-            "geometric mean over the conv1d configs, for the headline setting (this project's fastest; every "
-            "setting's figures are under 'settings')",
+            "geometric mean over the conv1d configs, for the headline setting (this project's fastest setting "
+            f"with GPU busy >= {BUSY_TARGET} and memory ratio <= {MEMORY_TARGET}, else its fastest; "
+            "'fastest_setting' names the fastest; every setting's figures are under 'settings')",
             "gpu_busy_a": "ours (headline setting), mean over workload-a configs: torch.profiler kernel-interval "
             "union / wall time",
             "memory_ratio_a": "ours (headline setting) / original torch.cuda.max_memory_allocated, worst config",

@@ -160,7 +160,7 @@ def test_captured_training_ends_with_the_weights_of_uncaptured_training(tmp_path
     name, parameter, _ = captured.grads[0]
     parameter.grad = None
     with pytest.raises(RuntimeError, match=re.escape(f"parameter '{name}' has another .grad")):
-        step(captured.batch)
+        step(captured.batch, scale=1.0 / accumulate)  # the captured signature (its batch and scale)
     # the training moved the weights (the comparison is not between two untouched models)
     torch.manual_seed(0)
     initial = tiny_setup(num_rows=160, dropout=0.1)[0].state_dict()

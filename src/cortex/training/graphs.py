@@ -9,7 +9,11 @@ the graph), so a run behaves as an uncaptured joint-sum step does.
 
 Mechanics (torch.cuda.graph, "whole network capture"):
   - the first `warmup_steps` steps run eagerly on a side stream (lazy initialisations, torch.compile's
-    compilation, gradient tensors), each a real training step;
+    compilation, gradient tensors), each a real training step; every capture runs on that same stream. The
+    autograd engine records, for a parameter's gradient accumulator, the stream it was made on; a gradient made
+    on another stream is marked as used by both (`record_stream`), and a capture defers the free of such a
+    tensor until the capture ends, so memory the eager step reuses would stay taken inside the graph (PyTorch's
+    CUDA graph notes, "Initialize AccumulateGrad on the same stream as capture");
   - then a graph is captured for the batch's signature (every tensor's shape and dtype). Its inputs are static
     copies of the batch; every replay copies the new batch into them (one foreach copy) and launches the graph.
     Gradients accumulate into the parameters' existing `.grad` tensors (fixed addresses), so gradient
@@ -126,6 +130,7 @@ class StepGraph:
         self.eager_steps = 0  # steps run without a graph (warm-up included)
         self.replays = 0
         self._pool = None
+        self._stream = None  # the warm-ups' and captures' stream (CUDA), made at the first warm-up
         self._warned_overflow = False
 
     def _grads(self) -> list[torch.Tensor]:
@@ -205,10 +210,15 @@ class StepGraph:
         if self.parameters[0].device.type != "cuda":
             return self._run_body(batch, scale)
         torch.cuda.synchronize()
-        with torch.cuda.stream(torch.cuda.Stream()):
+        with torch.cuda.stream(self._side_stream()):
             losses, total = self._run_body(batch, scale)
         torch.cuda.synchronize()
         return losses, total
+
+    def _side_stream(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.parameters[0].device)
+        return self._stream
 
     def _capture(self, batch: Mapping[str, Any], signature: tuple, scale: float) -> _Captured:
         if all(p.grad is None for p in self.parameters):
@@ -229,7 +239,9 @@ class StepGraph:
         generator = torch.cuda.default_generators[self.parameters[0].device.index or 0]
         rng_state = generator.get_state()
         # thread_local: DataLoader's pin-memory thread keeps allocating pinned host memory during the capture.
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(
+            graph, pool=self._pool, stream=self._side_stream(), capture_error_mode="thread_local"
+        ):
             losses, total = self._run_body(static, scale)
         torch.cuda.synchronize()
         generator.set_state(rng_state)
