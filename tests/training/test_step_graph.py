@@ -118,7 +118,7 @@ def test_a_gradient_replaced_after_capture_is_reported():
 
 def _gpu_fit(
     tmp_path, step_graph, *, dropout=0.1, precision="32-true", accumulate=1, drop_last=True, batches=8,
-    joint_backward="sum",
+    joint_backward="sum", compile=False, val_batches=0,
 ):  # fmt: skip
     torch.manual_seed(0)
     model, tasks, corruption, _ = tiny_setup(num_rows=160, dropout=dropout)
@@ -128,11 +128,11 @@ def _gpu_fit(
         tasks, model=model, batch_size=16, seed=0, eval_batch_size=64, drop_last=drop_last
     )
     system = NeuralTreeSystem(
-        model, tasks, corruption, joint_backward=joint_backward, step_graph=step_graph,
+        model, tasks, corruption, joint_backward=joint_backward, step_graph=step_graph, compile=compile,
         optim={"lr": 3e-3, "warmup_steps": 2},
     )  # fmt: skip
     trainer = pl.Trainer(
-        accelerator="gpu", devices=1, max_epochs=2, limit_train_batches=batches, limit_val_batches=0,
+        accelerator="gpu", devices=1, max_epochs=2, limit_train_batches=batches, limit_val_batches=val_batches,
         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         num_sanity_val_steps=0, use_distributed_sampler=False, precision=precision,
         accumulate_grad_batches=accumulate, gradient_clip_val=1.0, default_root_dir=tmp_path,
@@ -155,12 +155,6 @@ def test_captured_training_ends_with_the_weights_of_uncaptured_training(tmp_path
     assert len(step.graphs) == 1 and step.eager_steps == 2 and step.replays == system.batches_trained - 2 > 8
     for key, value in eager.items():
         torch.testing.assert_close(graphed[key], value, rtol=1e-4, atol=1e-5, msg=key)
-    # a .grad replaced after the capture is reported, not written through a stale address
-    (captured,) = step.graphs.values()
-    name, parameter, _ = captured.grads[0]
-    parameter.grad = None
-    with pytest.raises(RuntimeError, match=re.escape(f"parameter '{name}' has another .grad")):
-        step(captured.batch, scale=1.0 / accumulate)  # the captured signature (its batch and scale)
     # the training moved the weights (the comparison is not between two untouched models)
     torch.manual_seed(0)
     initial = tiny_setup(num_rows=160, dropout=0.1)[0].state_dict()
@@ -180,6 +174,65 @@ def test_a_new_batch_shape_gets_a_graph_and_beyond_max_graphs_runs_eagerly(tmp_p
     for key, value in eager.items():
         torch.testing.assert_close(two[key], value, rtol=1e-3, atol=1e-4, msg=key)
         torch.testing.assert_close(one[key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
+@cuda
+def test_gradients_set_to_none_are_bound_again_and_moved_memory_is_reported():
+    torch.manual_seed(0)
+    model, tasks, corruption, datamodule = tiny_setup()
+    system = NeuralTreeSystem(model, tasks, corruption).cuda()
+    datamodule.setup("fit")
+    system.fit_tasks({name: frames["train"] for name, frames in datamodule.frames.items()})
+    batch, _, _ = next(iter(datamodule.train_dataloader()))
+    batch = {name: b.to("cuda") for name, b in batch.items()}
+    task_losses = {task.name: functools.partial(system.weighted_task_loss, task) for task in tasks}
+    step = StepGraph(task_losses, dict(model.named_parameters()), warmup_steps=1)
+    step(batch)  # warm-up
+    step(batch)  # capture + replay
+    (captured,) = step.graphs.values()
+    name, parameter, grad = captured.grads[0]
+    expected = grad.clone()
+    # set to None (as Lightning does before validation): the captured tensor is bound again, zeroed, and written
+    model.zero_grad(set_to_none=True)
+    step(batch)
+    assert parameter.grad is grad and step.replays == 2
+    assert grad.abs().sum() > 0 and not torch.equal(grad, expected)  # zeroed, then written by the replay
+    # replaced: reported, not written through a stale address
+    parameter.grad = torch.zeros_like(grad)
+    with pytest.raises(RuntimeError, match=re.escape(f"parameter '{name}' has another .grad")):
+        step(batch)
+    parameter.grad = grad
+    # the model moved off and back: the parameters live elsewhere now (the old memory held, so not reused)
+    held = [p.data for p in model.parameters()]
+    model.cpu().cuda()
+    with pytest.raises(
+        RuntimeError, match=r"no longer lives where its graph was captured|has another \.grad"
+    ):
+        step(batch)
+    assert all(old.is_cuda for old in held)
+
+
+@cuda
+def test_validation_between_epochs_leaves_captured_training_unchanged(tmp_path):
+    # Lightning sets every .grad to None before validation (on_validation_model_zero_grad); the graph's gradient
+    # tensors are bound again at the next step
+    eager, _ = _gpu_fit(tmp_path / "eager", False, val_batches=2)
+    graphed, system = _gpu_fit(tmp_path / "graph", {"warmup_steps": 2}, val_batches=2)
+    assert system._step_graph.replays == system.batches_trained - 2 > 8
+    for key, value in eager.items():
+        torch.testing.assert_close(graphed[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@cuda
+def test_a_new_batch_shape_under_torch_compile_is_compiled_before_its_capture(tmp_path):
+    # the epoch's last, smaller batch is a new shape for torch.compile: compiling it inside a capture fails (the
+    # compiler reads tensor values on the host), so it runs eagerly once and is captured in the next epoch
+    graphed, system = _gpu_fit(
+        tmp_path / "graph", {"warmup_steps": 1}, drop_last=False, batches=100, compile={"mode": "default"}
+    )
+    step = system._step_graph
+    assert len(step.graphs) == 2 and step.eager_steps == 2 and step.replays == system.batches_trained - 2
+    assert all(value.isfinite().all() for value in graphed.values() if value.is_floating_point())
 
 
 @cuda

@@ -18,9 +18,11 @@ Mechanics (torch.cuda.graph, "whole network capture"):
     copies of the batch; every replay copies the new batch into them (one foreach copy) and launches the graph.
     Gradients accumulate into the parameters' existing `.grad` tensors (fixed addresses), so gradient
     accumulation works: the caller zeroes them at an accumulation window's first step (`zero_grads`);
-  - a batch with another signature gets its own graph (up to `max_graphs`, all in one memory pool; pad to fixed
-    lengths with `TreeDataModule(length_buckets=...)` to keep the number small), beyond that it runs eagerly
-    with the same math;
+  - a batch with another signature first runs once eagerly on the side stream (torch.compile compiles code for
+    its shapes there: compiling inside a capture fails, since the compiler reads tensor values on the host), and
+    gets its own graph the next time that signature comes (up to `max_graphs`, all in one memory pool; pad to
+    fixed lengths with `TreeDataModule(length_buckets=...)` to keep the number small); beyond `max_graphs` it
+    runs eagerly with the same math;
   - random draws inside the graph (noise levels, masks, dropout) come from the device's default generator, which
     the graph reads at every replay: reseeding it before a step (the system's per-batch seeding) makes the
     replayed draws a function of the seed, as eager draws are.
@@ -76,14 +78,24 @@ class _Captured:
         # (name, parameter, its .grad at capture): the graph writes these tensors; holding them keeps their memory
         # from being reused if a parameter's .grad is replaced, which `check_grads` reports.
         self.grads = grads
+        # The memory the graph reads and writes: each parameter's and each gradient's address at capture.
+        self.addresses = [(parameter.data_ptr(), grad.data_ptr()) for _, parameter, grad in grads]
 
     def check_grads(self) -> None:
-        for name, parameter, grad in self.grads:
-            if parameter.grad is not grad:
+        """Raises if a parameter or its .grad no longer lives where the graph reads and writes it."""
+        for (name, parameter, grad), (parameter_at, grad_at) in zip(self.grads, self.addresses):
+            if parameter.grad is not grad or grad.data_ptr() != grad_at:
                 raise RuntimeError(
-                    f"step_graph: parameter {name!r} has another .grad than when its graph was captured (set to "
-                    "None or replaced, e.g. by zero_grad(set_to_none=True)); the graph writes the captured tensor: "
-                    "zero gradients in place (StepGraph.zero_grads) while a step graph trains"
+                    f"step_graph: parameter {name!r} has another .grad tensor than when its graph was captured "
+                    "(replaced or moved, not set to None); the graph writes the captured tensor: zero gradients "
+                    "in place (StepGraph.zero_grads) or set them to None while a step graph trains"
+                )
+            if parameter.data_ptr() != parameter_at:
+                raise RuntimeError(
+                    f"step_graph: parameter {name!r} no longer lives where its graph was captured (moved to "
+                    "another device or reallocated, e.g. by .to() or .cpu()); the graph reads the captured "
+                    "memory: update parameters in place (optimizer steps, load_state_dict) while a step graph "
+                    "trains, or make a new StepGraph"
                 )
 
 
@@ -127,6 +139,10 @@ class StepGraph:
         self.warmup_steps = warmup_steps
         self.max_graphs = max_graphs
         self.graphs: dict[tuple, _Captured] = {}
+        self._warmed: set[tuple] = set()  # signatures run eagerly at least once (their code compiled)
+        # (parameter, its .grad at the first capture): every graph accumulates into these tensors, so a .grad set
+        # to None meanwhile (Lightning's zero_grad(set_to_none=True) before validation) is bound to it again
+        self._owned: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.eager_steps = 0  # steps run without a graph (warm-up included)
         self.replays = 0
         self._pool = None
@@ -136,8 +152,16 @@ class StepGraph:
     def _grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self.parameters if p.grad is not None]
 
+    def _rebind_grads(self) -> None:
+        # A .grad set to None since the first capture gets the captured tensor back, zeroed: what an eager backward
+        # into a None .grad starts from.
+        for parameter, grad in self._owned:
+            if parameter.grad is None:
+                parameter.grad = grad.zero_()
+
     def zero_grads(self) -> None:
         """Zeroes the existing gradient tensors in place (their addresses are the graphs' outputs)."""
+        self._rebind_grads()
         grads = self._grads()
         if grads:
             torch._foreach_zero_(grads)
@@ -180,10 +204,12 @@ class StepGraph:
         self, batch: Mapping[str, Any], *, scale: float = 1.0
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One step's forward and backward (gradients accumulate into `.grad`, scaled by `scale`)."""
+        self._rebind_grads()
         signature = (batch_signature(batch), scale)
         captured = self.graphs.get(signature)
         if captured is None:
-            if self.eager_steps < self.warmup_steps:
+            if self.eager_steps < self.warmup_steps or signature not in self._warmed:
+                self._warmed.add(signature)
                 return self._warmup(batch, scale)
             if len(self.graphs) >= self.max_graphs:
                 if not self._warned_overflow:
@@ -246,6 +272,8 @@ class StepGraph:
         torch.cuda.synchronize()
         generator.set_state(rng_state)
         grads = [(name, p, p.grad) for name, p in zip(self.names, self.parameters) if p.grad is not None]
+        if not self._owned:
+            self._owned = [(p, grad) for _, p, grad in grads]
         captured = _Captured(graph, static, losses, total, grads)
         self.graphs[signature] = captured
         logger.info("step_graph: captured graph %d for batch shapes %s", len(self.graphs), signature)
