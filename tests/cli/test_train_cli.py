@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from transformers import AutoModel
 
 import cortex
-from cortex.cli.train import check_config, run
+from cortex.cli.train import build, check_config, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from helpers import rbd_slice
@@ -77,6 +77,7 @@ def test_train_saves_a_model_that_autoloads_and_predicts_in_original_units(tmp_p
         ("tasks.rbd_bind.leaf.type=potato", "tasks.rbd_bind.leaf.type"),
         ("data.rbd.source=/nonexistent/rbd.csv", "data.rbd.source"),
         ("+task_weights.nope=1.0", "task_weights.nope"),
+        ("task_weights={nope:1.0}", "task_weights.nope"),
         ("+corruption.protein.name=scramble", "corruption.protein.name"),
         ("strategy=sideways", "strategy"),
     ],
@@ -91,6 +92,13 @@ def _cli(args, tmp_path, table, timeout=120):
     env = {**os.environ, "CORTEX_TEST_TABLE": str(table)}
     command = [sys.executable, "-m", "cortex.cli.train", *args, *TINY]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_task_weights_override_reaches_the_system(tmp_path, table):
+    system, _, _ = build(_compose(tmp_path, ["tasks=[rbd_bind,rbd_expr]", "task_weights={rbd_bind:2.5}"]))
+    assert system.task_weights == {"rbd_bind": 2.5, "rbd_expr": 1.0}
+    system, _, _ = build(_compose(tmp_path, ["tasks=[rbd_bind,rbd_expr]"]))
+    assert system.task_weights == {"rbd_bind": 1.0, "rbd_expr": 1.0}
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path, table):

@@ -81,7 +81,7 @@ def check_config(cfg: DictConfig) -> None:
                 raise ValueError(
                     f"tasks.{name}.task.inputs names root {root!r}; expected one of {sorted(cfg.roots)}"
                 )
-    for name in cfg.task_weights:
+    for name in cfg.task_weights or {}:
         if name not in cfg.tasks:
             raise ValueError(
                 f"task_weights.{name}: unknown task {name!r}; expected one of {sorted(cfg.tasks)}"

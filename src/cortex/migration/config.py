@@ -405,7 +405,7 @@ def migrate_v1_config(cfg: DictConfig | Mapping[str, Any], numerics: str = "v1")
         },
         "seed": int(seed) if seed is not None else 0,
         "strategy": "per_task",
-        "task_weights": {},
+        "task_weights": None,
         "gradient_clip_val": None,
         "compile": False,
         "resume_from": None,
