@@ -197,6 +197,83 @@ def summaries_from_states(state_dirs: list[str], budget: int | None, started_onl
     return summary
 
 
+def single_mutants(state, is_mutable, vocab_size: int):
+    """(M, L) every single-site mutant of an (L,) state at its mutable positions ((L,) bool), M = mutable
+    positions x (vocab_size - 1)."""
+    import torch
+
+    positions = is_mutable.nonzero().flatten().repeat_interleave(vocab_size)  # (P * V,)
+    tokens = torch.arange(vocab_size).repeat(int(is_mutable.sum()))  # (P * V,)
+    keep = tokens != state[positions]
+    mutants = state.repeat(int(keep.sum()), 1)  # (M, L)
+    mutants[torch.arange(mutants.shape[0]), positions[keep]] = tokens[keep]
+    return mutants
+
+
+def rank_improving_mutants(state_path: str, cut: int, overrides: dict, train_seed: int) -> dict:
+    """How the loop's surrogate ranks what would improve the incumbent: trains it (LoopConfig(**overrides)) on the
+    first `cut` evaluations of a saved run and scores every single mutant of the best measured sequence; among the
+    mutants with a finite oracle value (feasible, measured), the improving ones (value above the incumbent's) get
+    their 0-based ranks by the ensemble-mean prediction (`mean_ranks`) and by the loop's acquisition, fitted on
+    the LaMBO-2 seed pool (`acq_ranks`); `*_pct` is the mean rank / number of feasible mutants (0 = top, 0.5 =
+    chance); `spearman` is between the mean prediction and the oracle over the feasible mutants."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from cortex.design.loop import ClosedLoop, LoopConfig, build_problem, spearman
+    from cortex.design.tree_objectives import AcquisitionObjective
+
+    with safe_open(state_path, framework="pt") as handle:
+        problem_name = handle.metadata()["problem"]
+    tensors = load_file(state_path)
+    if not 0 < cut <= tensors["values"].numel():
+        raise ValueError(
+            f"cut is {cut} for {state_path}; expected 1..{tensors['values'].numel()} evaluations"
+        )
+    problem = build_problem(problem_name, initial_size=int((tensors["rounds"] == 0).sum()))
+    loop = ClosedLoop(problem, LoopConfig(**overrides))
+    loop.states, loop.values, loop.rounds = (tensors[k][:cut] for k in ("states", "values", "rounds"))
+    measured = torch.nan_to_num(loop.values, nan=-math.inf)
+    incumbent = float(measured.max())
+    mutants = single_mutants(loop.states[measured.argmax()], problem.is_mutable, len(problem.alphabet))
+    true = problem.black_box(problem.decode(mutants)).float()
+    feasible = torch.isfinite(true)
+    mutants, true = mutants[feasible], true[feasible]
+    improving = true > incumbent
+    model = loop.train_surrogate(train_seed)
+    leaves = ["objective", "feasible"] if problem.learn_feasibility else ["objective"]
+
+    def outputs(states):
+        encoded = model.tokenize(problem.decode(states), root="sequence")
+        with torch.inference_mode():
+            return model(root_inputs={"sequence": encoded}, leaves=leaves).leaf_outputs
+
+    acquisition = AcquisitionObjective([("objective", 0)], leaves[1:])
+    pool = loop.config.lambo_seed_pool or max(1, loop.config.batch_size // 2)
+    acquisition.fit(outputs(loop.states[torch.sort(measured, descending=True, stable=True).indices[:pool]]))
+    out = outputs(mutants)
+    mean = out["objective"].loc.mean(0)[:, 0]  # (M,)
+    row = {
+        "state": state_path,
+        "cut": cut,
+        "train_seed": train_seed,
+        "incumbent": incumbent,
+        "num_feasible": int(feasible.sum()),
+        "num_improving": int(improving.sum()),
+        "spearman": spearman(mean, true),
+    }
+    for name, score in (("mean", mean), ("acq", acquisition(out))):
+        order = torch.argsort(score.float(), descending=True, stable=True)
+        ranks = torch.empty_like(order)
+        ranks[order] = torch.arange(order.numel())
+        row[f"{name}_ranks"] = sorted(ranks[improving].tolist())
+        row[f"{name}_pct"] = (
+            float(ranks[improving].float().mean() / order.numel()) if improving.any() else None
+        )
+    return row
+
+
 def merge_levels(recorded: dict, measured: dict, record_as: str | None = None) -> dict:
     """ehrlich.json content after a measurement: each measured level replaces the recorded one, or, with
     `record_as`, is stored as `recorded[level][record_as]` next to the level's recorded keys (a second protocol
@@ -233,7 +310,39 @@ def main() -> None:
         help="with --write-results: store each measured Ehrlich level as this sub-record of the recorded level "
         "(e.g. budget_1664), keeping the level's recorded keys",
     )
+    parser.add_argument(
+        "--rank-mutants",
+        nargs="+",
+        default=[],
+        metavar="STATE:CUT",
+        help="loop_state.safetensors files, each cut at a number of evaluations: rank the incumbent's improving "
+        "single mutants with the surrogate trained on the cut (prints one JSON row per state and train seed)",
+    )
+    parser.add_argument(
+        "--rank-config", default="{}", help="with --rank-mutants: LoopConfig overrides (JSON)"
+    )
+    parser.add_argument("--rank-seeds", nargs="+", type=int, default=[1, 2], help="with --rank-mutants")
     args = parser.parse_args()
+    if args.rank_mutants:
+        rows = []
+        for spec in args.rank_mutants:
+            path, _, cut = spec.rpartition(":")
+            if not path or not cut.isdigit():
+                raise ValueError(f"--rank-mutants entry {spec!r}; expected STATE:CUT (a path and an integer)")
+            for seed in args.rank_seeds:
+                rows.append(rank_improving_mutants(path, int(cut), json.loads(args.rank_config), seed))
+                print(json.dumps(rows[-1]), flush=True)
+        scored = [r for r in rows if r["mean_pct"] is not None]
+        print(
+            json.dumps(
+                {
+                    key: sum(r[key] for r in scored) / len(scored)
+                    for key in ("spearman", "mean_pct", "acq_pct")
+                }
+                | {"rows": len(scored), "config": json.loads(args.rank_config)}
+            )
+        )
+        return
     summaries = [json.loads(pathlib.Path(p).read_text()) for p in args.summary]
     if args.states:
         summaries.append(summaries_from_states(args.states, args.budget, args.started_only))

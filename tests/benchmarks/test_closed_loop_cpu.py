@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_scripts import REPO, load_script
+from safetensors.torch import load_file
 
 from cortex.design.loop import ClosedLoop, LoopConfig, build_problem
 
@@ -56,3 +57,43 @@ def test_states_cut_at_a_budget_give_the_level_figures(closed_loop_cpu, tmp_path
     assert ehrlich["easy"]["ga_best_per_seed"] == summary["easy"]["ga"]["best_per_seed"]
     assert ehrlich["easy"]["random_median_best"] == summary["easy"]["random"]["median_best"]
     assert ehrlich["easy"]["random_best_per_seed"] == summary["easy"]["random"]["best_per_seed"]
+
+
+def test_single_mutants_change_one_mutable_position_each(closed_loop_cpu):
+    state = torch.tensor([0, 1, 2])
+    mutable = torch.tensor([True, False, True])
+    mutants = closed_loop_cpu.single_mutants(state, mutable, vocab_size=3)
+    assert mutants.shape == (4, 3)
+    assert ((mutants != state).sum(-1) == 1).all()
+    assert (mutants[:, 1] == 1).all()  # the immutable position never changes
+    assert len({tuple(m) for m in mutants.tolist()}) == 4
+
+
+def test_rank_improving_mutants_ranks_the_oracle_improvements_of_the_incumbent(closed_loop_cpu, tmp_path):
+    """A GA run (16 + 8 evaluations) gives the state; the surrogate is trained on its first 20 rows. The ranked
+    set is every feasible single mutant of the incumbent and the improving ones are those the oracle puts above
+    it: both counted here independently of the script."""
+    torch.set_num_threads(1)
+    problem = build_problem("easy", initial_size=16)
+    ClosedLoop(problem, LoopConfig(method="ga", batch_size=8, num_rounds=1), tmp_path).run()
+    path = str(tmp_path / "loop_state.safetensors")
+    tiny = {"num_epochs": 1, "min_train_steps": 0, "feature_dim": 16, "batch_size": 8}
+    row = closed_loop_cpu.rank_improving_mutants(path, 20, tiny, train_seed=1)
+    tensors = load_file(path)
+    values = torch.nan_to_num(tensors["values"][:20], nan=-math.inf)
+    best = tensors["states"][:20][values.argmax()]
+    true = []
+    for position in range(problem.length):
+        for token in range(len(problem.alphabet)):
+            if token != int(best[position]):
+                mutant = best.clone()
+                mutant[position] = token
+                true.append(float(problem.black_box(problem.decode(mutant[None]))[0]))
+    true = torch.tensor(true)
+    assert row["num_feasible"] == int(torch.isfinite(true).sum())
+    assert row["num_improving"] == int((true > values.max()).sum())
+    assert len(row["mean_ranks"]) == len(row["acq_ranks"]) == row["num_improving"]
+    assert all(0 <= r < row["num_feasible"] for r in row["mean_ranks"] + row["acq_ranks"])
+    assert -1.0 <= row["spearman"] <= 1.0
+    with pytest.raises(ValueError, match="cut is 99"):
+        closed_loop_cpu.rank_improving_mutants(path, 99, tiny, train_seed=1)
