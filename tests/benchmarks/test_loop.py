@@ -200,6 +200,25 @@ def test_gb1_loop_keeps_edits_at_the_four_sites(tmp_path):
     assert result.values.numel() == 8 + 2 * 8
 
 
+def test_explore_feasible_frac_leaves_a_problem_without_feasibility_constraint_unchanged():
+    """The explorer floor (default 0.9) acts only where the k-mer screen does, on problems with a feasibility
+    constraint: GB1 proposes exactly the same sequences with it on and off (so its GB1 figures stand)."""
+    problem = build_problem("gb1", seed=0, initial_size=8)
+    runs = [
+        ClosedLoop(
+            problem,
+            LoopConfig(
+                method="lambo", explore_feasible_frac=floor, **{**TINY, "batch_size": 8, "num_rounds": 1}
+            ),
+        )
+        .run()
+        .states
+        for floor in (0.9, None)
+    ]
+    assert runs[0].shape[0] == 8 + 8
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_kmer_screen_keeps_feasible_mutants():
     """Single-site mutants of DMP samples whose bigrams all occur in the measured feasible set are feasible far
     more often than unscreened mutants (the screen LaMBO-2 proposals pass on constrained problems)."""
@@ -250,7 +269,9 @@ def test_select_batch_spreads_edits_and_screens_kmers():
         target_value=None,
         tokenizer=state_tokenizer(alphabet),
     )
-    loop = ClosedLoop(problem, LoopConfig(method="lambo", kmer_screen=2, distinct_edits=True))
+    loop = ClosedLoop(
+        problem, LoopConfig(method="lambo", kmer_screen=2, distinct_edits=True, explore_feasible_frac=None)
+    )
     loop.states, loop.values = problem.initial_states, torch.zeros(3)
     parent = "AAAA"
     proposals = ["BAAA", "BBAA", "AABA", "ADAA", "ABAA"]  # acquisition order; ADAA has unseen bigrams AD, DA
@@ -342,7 +363,9 @@ def test_kmer_explore_reserves_slots_for_one_unseen_kmer_not_proved_forbidden():
     parents = problem.encode(["AAAA"] * 5)
     chosen = {}
     for explore in (0.0, 1 / 3):
-        loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, kmer_explore=explore))
+        loop = ClosedLoop(
+            problem, LoopConfig(kmer_screen=2, kmer_explore=explore, explore_feasible_frac=None)
+        )
         loop.states, loop.values = problem.initial_states, values
         assert loop.forbidden_kmers().tolist() == [0 + 3 * 4]  # AD: A + 4 * D in base 4
         chosen[explore] = problem.decode(loop.select_batch(proposals, parents, 2))
@@ -410,7 +433,7 @@ def test_feasible_floor_drops_the_fill_then_the_last_explorers():
         kept[floor] = loop.within_feasible_floor(batch, tiers).tolist()
     assert kept[0.9] == [False, True, True, False, False]
     assert kept[0.5] == [True] * 5
-    fixed = ClosedLoop(problem, LoopConfig(kmer_screen=2, kmer_explore=0.25))
+    fixed = ClosedLoop(problem, LoopConfig(kmer_screen=2, kmer_explore=0.25, explore_feasible_frac=None))
     fixed.states, fixed.values, fixed.rounds = loop.states, loop.values, loop.rounds
     assert fixed.explore_quota(10) == 2  # round(2.5): the fixed fraction ignores the data
 
@@ -420,27 +443,30 @@ def test_explore_feasible_frac_rejects_bad_values():
         LoopConfig(explore_feasible_frac=1.0)
     with pytest.raises(ValueError, match=r"kmer_explore is 0\.25 and explore_feasible_frac is 0\.9"):
         LoopConfig(kmer_explore=0.25, explore_feasible_frac=0.9)
+    assert LoopConfig(kmer_explore=0.25).kmer_explore == 0.25
 
 
-def test_state_saved_before_an_option_existed_resumes_while_it_is_at_its_default(easy, tmp_path):
-    """A state whose config lacks an option (saved by an older version) resumes when the option is at its
-    default, and is refused when it is not."""
+def test_state_saved_before_an_option_existed_resumes_while_it_is_as_that_run_behaved(easy, tmp_path):
+    """A state whose config lacks an option (saved by an older version) resumes when the option has the value
+    such a run behaved as (`PREDATED_OPTIONS`: explore_feasible_frac None, even if its default changes), and is
+    refused otherwise."""
     import json
 
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    config = LoopConfig(method="ga", **{**TINY, "num_rounds": 1})
+    config = LoopConfig(method="ga", explore_feasible_frac=0.9, **{**TINY, "num_rounds": 1})
     ClosedLoop(easy, config, tmp_path).run()
     path = tmp_path / "loop_state.safetensors"
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
     saved = json.loads(metadata["config"])
     del saved["explore_feasible_frac"]
-    save_file(load_file(str(path)), str(path), metadata={**metadata, "config": json.dumps(saved)})
-    longer = LoopConfig(method="ga", **{**TINY, "num_rounds": 1})
-    assert ClosedLoop(easy, longer, tmp_path).run().values.numel() == 16 + 16
+    tensors = load_file(str(path))
+    tensors["values"][-1] = 123.0  # a mark only a resumed run returns (a fresh one would recompute the value)
+    save_file(tensors, str(path), metadata={**metadata, "config": json.dumps(saved)})
     with pytest.raises(ValueError, match="holds a run of problem"):
-        ClosedLoop(
-            easy, LoopConfig(method="ga", explore_feasible_frac=0.9, **{**TINY, "num_rounds": 1}), tmp_path
-        ).run()
+        ClosedLoop(easy, config, tmp_path).run()
+    older = LoopConfig(method="ga", **{**TINY, "num_rounds": 1})
+    resumed = ClosedLoop(easy, older, tmp_path).run().values
+    assert resumed.numel() == 16 + 16 and resumed[-1] == 123.0
