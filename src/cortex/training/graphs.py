@@ -160,8 +160,8 @@ class StepGraph:
                 parameter.grad = grad.zero_()
 
     def zero_grads(self) -> None:
-        """Zeroes the existing gradient tensors in place (their addresses are the graphs' outputs)."""
-        self._rebind_grads()
+        """Zeroes the existing gradient tensors in place (their addresses are the graphs' outputs); a .grad set to
+        None is bound again, zeroed, by the next step."""
         grads = self._grads()
         if grads:
             torch._foreach_zero_(grads)
