@@ -16,7 +16,9 @@
 #   bash bench/closed_loop_gpu.sh /tmp/gpu_smoke 120 loop.device=cpu initial_size=32 loop.batch_size=16 \
 #     loop.num_rounds=2 loop.lambo_steps=2 loop.min_train_steps=0 loop.num_epochs=1 seeds='[0]'
 #
-# Writes OUT/ehrlich.json (issue 7 keys, protocol recorded), OUT/ehrlich_best_so_far.png, OUT/runs/*/.
+# Writes OUT/ehrlich.json (issue 7 keys, protocol recorded), OUT/<level>_best_so_far.png and OUT/runs.tgz (every
+# run's directory: its state resumes the run; one archive, as the device tool returns neither deep folders nor
+# many files). To continue stopped runs: tar xzf runs.tgz -C OUT, then the same command with the same OUT.
 set -euo pipefail
 OUT=${1:-${OUT:-bench/results/closed_loop_gpu}}
 DEADLINE_S=${2:-450}
@@ -70,7 +72,7 @@ done
 for level in $LEVELS; do
   python bench/closed_loop_cpu.py --states "$OUT"/runs/${level}_* --started-only --plot "$OUT/${level}_best_so_far.png" \
     --results-dir "$OUT/$level" --write-results \
-    --protocol "bench/closed_loop_gpu.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo cpu): $level, 512-sequence DMP pool + rounds of 128 (12 at most), LaMBO-2 on $DEVICE vs GA, seeds [$SEEDS], each run stopped at ${DEADLINE_S}s, runs that finished a round cut at the fewest evaluations reached; overrides: ${EXTRA[*]:-none}"
+    --protocol "bench/closed_loop_gpu.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo cpu): $level, LaMBO-2 on $DEVICE vs GA, seeds [$SEEDS], each run stopped at ${DEADLINE_S}s, runs that finished a round cut at the fewest evaluations reached; initial_size=512 loop.batch_size=128 loop.num_rounds=12 unless overridden; overrides: ${EXTRA[*]:-none}"
 done
 python - "$OUT" <<'PY'
 import json, pathlib, sys
@@ -83,4 +85,5 @@ for level in ("easy", "medium", "hard"):
 (out / "ehrlich.json").write_text(json.dumps(merged, indent=2) + "\n")
 print(json.dumps(merged, indent=2))
 PY
+tar czf "$OUT/runs.tgz" -C "$OUT" runs && rm -rf "$OUT/runs"
 exit $status

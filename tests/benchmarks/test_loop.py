@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from cortex.design.loop import (
     spearman,
     state_tokenizer,
 )
+from cortex.design.tree_objectives import AcquisitionObjective
 
 TINY = {
     "batch_size": 16,
@@ -326,7 +328,10 @@ def test_max_edit_distance_keeps_proposals_within_the_trust_region(easy):
     distances = {}
     for budget in (1, None):
         config = LoopConfig(
-            **{**TINY, "num_rounds": 1, "lambo_steps": 4}, lambo_seed_pool=4, max_edit_distance=budget
+            **{**TINY, "num_rounds": 1, "lambo_steps": 4},
+            lambo_seed_pool=4,
+            max_edit_distance=budget,
+            explore_feasible_frac=None,  # LaMBO-2's own proposals only (the floor's fill adds single mutants)
         )
         loop = ClosedLoop(easy, config)
         loop.run()
@@ -438,12 +443,56 @@ def test_feasible_floor_drops_the_fill_then_the_last_explorers():
     assert fixed.explore_quota(10) == 2  # round(2.5): the fixed fraction ignores the data
 
 
+def test_safe_fill_adds_fully_seen_novel_single_mutants_best_acquisition_first():
+    """The fill is every single mutant of the seeds whose bigrams were all measured feasible (AA, AB, BA here),
+    new to the data and to the batch, one per (position, token) edit, in the fitted acquisition's order."""
+    problem = _toy_constrained_problem(["AAAA", "ABAB", "BABA"])
+    loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, **TINY))
+    loop.generator = torch.Generator().manual_seed(0)
+    loop.states, loop.values = problem.initial_states, torch.tensor([0.0, 1.0, 2.0])
+    loop.rounds = torch.zeros(3, dtype=torch.int64)
+    model = loop.train_surrogate(0)
+    objective = AcquisitionObjective([("objective", 0)], ["feasible"])
+    seeds = problem.initial_states[[2, 1, 2]]  # repeats, as a LaMBO-2 population
+    encode = lambda states: {"sequence": model.tokenize(problem.decode(states), root="sequence")}  # noqa: E731
+    with torch.no_grad():
+        objective.fit(model(root_inputs=encode(seeds), leaves=list(objective.leaves)).leaf_outputs)
+    batch = problem.encode(["BAAA"])
+    fill = loop.safe_fill(model, objective, seeds, batch, limit=100)
+    expected, edits = set(), set()
+    for seed in problem.decode(seeds[:2]):
+        for p, t in itertools.product(range(4), "ABCD"):
+            row = seed[:p] + t + seed[p + 1 :]
+            pairs = {row[i : i + 2] for i in range(3)}
+            if t != seed[p] and pairs <= {"AA", "AB", "BA"} and row not in {"AAAA", "ABAB", "BABA", "BAAA"}:
+                expected.add(row)
+                edits.add((p, t))
+    rows = problem.decode(fill)
+    assert set(rows) <= expected and len(rows) == len(set(rows)) == len(edits) > 0
+    assert (loop.unseen_kmers(fill) == 0).all()
+    with torch.no_grad():
+        scores = objective(model(root_inputs=encode(fill), leaves=list(objective.leaves)).leaf_outputs)
+    assert torch.equal(scores, scores.sort(descending=True).values)
+    assert loop.safe_fill(model, objective, seeds, batch, limit=2).shape == (2, 4)
+
+
+def test_feasible_floor_keeps_a_tiny_start_measuring_full_feasible_batches():
+    """With the floor (default 0.9) a start of 8 Ehrlich sequences runs out of fully seen LaMBO-2 candidates; the
+    safe fill completes every batch, and every proposal is feasible (before the fill such a run measured 8-9 of
+    24)."""
+    problem = build_problem("easy", seed=0, initial_size=8)
+    config = LoopConfig(method="lambo", **{**TINY, "batch_size": 8, "lambo_steps": 1})
+    result = ClosedLoop(problem, config).run()
+    assert result.values.numel() == 8 + 2 * 8
+    assert torch.isfinite(result.values[8:]).all()
+
+
 def test_explore_feasible_frac_rejects_bad_values():
     with pytest.raises(ValueError, match=r"explore_feasible_frac is 1\.0"):
         LoopConfig(explore_feasible_frac=1.0)
     with pytest.raises(ValueError, match=r"kmer_explore is 0\.25 and explore_feasible_frac is 0\.9"):
         LoopConfig(kmer_explore=0.25, explore_feasible_frac=0.9)
-    assert LoopConfig(kmer_explore=0.25).kmer_explore == 0.25
+    assert LoopConfig(kmer_explore=0.25, explore_feasible_frac=None).kmer_explore == 0.25
 
 
 def test_state_saved_before_an_option_existed_resumes_while_it_is_as_that_run_behaved(easy, tmp_path):
@@ -467,6 +516,6 @@ def test_state_saved_before_an_option_existed_resumes_while_it_is_as_that_run_be
     save_file(tensors, str(path), metadata={**metadata, "config": json.dumps(saved)})
     with pytest.raises(ValueError, match="holds a run of problem"):
         ClosedLoop(easy, config, tmp_path).run()
-    older = LoopConfig(method="ga", **{**TINY, "num_rounds": 1})
+    older = LoopConfig(method="ga", explore_feasible_frac=None, **{**TINY, "num_rounds": 1})
     resumed = ClosedLoop(easy, older, tmp_path).run().values
     assert resumed.numel() == 16 + 16 and resumed[-1] == 123.0
