@@ -37,9 +37,9 @@ def plateau_row(problem, path: str) -> dict:
         return counts
 
     singles = incumbent.repeat(length * size, 1)
-    singles[torch.arange(length * size), torch.arange(length).repeat_interleave(size)] = torch.arange(size).repeat(
-        length
-    )
+    singles[torch.arange(length * size), torch.arange(length).repeat_interleave(size)] = torch.arange(
+        size
+    ).repeat(length)
     doubles: dict[int, int] = {}
     tokens = torch.cartesian_prod(torch.arange(size), torch.arange(size))  # (V^2, 2)
     for i, j in itertools.combinations(range(length), 2):
