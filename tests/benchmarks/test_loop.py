@@ -14,6 +14,7 @@ from cortex.design.loop import (
     DesignProblem,
     LoopConfig,
     build_problem,
+    log_transform,
     rank_transform,
     roc_auc,
     spearman,
@@ -92,6 +93,19 @@ def test_lambo_learns_feasibility_leaf(easy):
     for row in result.history[1:]:
         assert -1.0 <= row["surrogate_spearman"] <= 1.0
         assert row["feasible_auc"] is None or 0.0 <= row["feasible_auc"] <= 1.0
+
+
+def test_log_transform_turns_a_product_into_a_sum_and_floors_zeros():
+    values = torch.tensor([0.25, math.nan, 0.0, 0.5, 0.125, -math.inf])
+    logs = log_transform(values)
+    assert torch.equal(logs.isnan(), torch.tensor([False, True, False, False, False, True]))
+    assert logs[[2, 4, 0, 3]].tolist() == pytest.approx(
+        [math.log(0.0625), math.log(0.125), math.log(0.25), math.log(0.5)]
+    )
+    assert logs[0] - logs[4] == pytest.approx(logs[3] - logs[0])  # equal ratios, equal steps
+    assert LoopConfig(target_transform="log").target_transform == "log"
+    with pytest.raises(ValueError, match=r"target_transform is 'sqrt'"):
+        LoopConfig(target_transform="sqrt")
 
 
 def test_rank_transform_spearman_and_auc_on_known_values():

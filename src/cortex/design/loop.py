@@ -61,7 +61,7 @@ STATE_FORMAT = "cortex-closed-loop-1"
 # Characters standing for Ehrlich states 0..v-1 (the surrogate reads strings).
 STATE_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits
 SPECIAL_TOKENS: tuple[str, ...] = ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>")
-TARGET_TRANSFORMS: tuple[str, ...] = ("none", "rank")
+TARGET_TRANSFORMS: tuple[str, ...] = ("none", "rank", "log")
 # Options absent from the config of a state saved before they existed, and the value such a run behaved as (the
 # option's value when it was added; its default may have changed since, so the current default would be wrong).
 PREDATED_OPTIONS: dict[str, object] = {"explore_feasible_frac": None}
@@ -221,8 +221,10 @@ class LoopConfig:
     rounds averaged 155 vs 302 new candidates), property_pooling (how the property branch pools positions, one of
     `cortex.model.layers.POOLING_TYPES`: "max" makes each channel a motif detector that fires at its best
     placement, the shape of objectives such as Ehrlich's max over motif offsets; "mean" averages positions).
-    target_transform: "none" or "rank" (the objective regressor learns mid-ranks of the feasible values in [0, 1]:
-    monotone, so it changes no ordering, and it spreads skewed or multiplicative objectives evenly).
+    target_transform: "none", "rank" (the objective regressor learns mid-ranks of the feasible values in [0, 1]:
+    monotone, so it changes no ordering, and it spreads skewed or multiplicative objectives evenly) or "log"
+    (`log_transform`: a product becomes a sum; on 10 Ehrlich-easy run states the acquisition ranked the incumbent's
+    improving single mutants at a mean percentile of 0.37 vs 0.44 with ranks, within noise, so not the default).
     LaMBO-2: lambo_steps, num_mutations_per_step, max_guidance_updates, guidance_step_size, kl_weight;
     max_edit_distance (None: unbounded): a trust region, every LaMBO-2 candidate differs from its seed at
     most at this many positions;
@@ -603,6 +605,8 @@ class ClosedLoop:
         targets = torch.where(finite, self.values, torch.full_like(self.values, math.nan))
         if cfg.target_transform == "rank":
             targets = rank_transform(targets)
+        elif cfg.target_transform == "log":
+            targets = log_transform(targets)
         targets = targets[:, None]  # (N, 1)
         model.leaves["objective"].fit_target_standardization(targets)
         device = torch.device(cfg.device)
@@ -1105,6 +1109,16 @@ def rank_transform(values: torch.Tensor) -> torch.Tensor:
     return torch.full_like(values, math.nan).masked_scatter(finite, ranks)
 
 
+def log_transform(values: torch.Tensor) -> torch.Tensor:
+    """(N,) values -> (N,) log of the finite entries, values at or below 0 raised to half the smallest positive
+    one first (NaN stays NaN). Monotone; a product objective (Ehrlich: motif levels multiplied) becomes a sum,
+    which a max-pooled conv with a linear head can extend past the best value measured."""
+    finite = values.isfinite()
+    positive = values[finite & (values > 0)]
+    floor = float(positive.min()) / 2 if positive.numel() else 1.0
+    return torch.where(finite, values.clamp_min(floor).log(), torch.full_like(values, math.nan))
+
+
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Spearman rank correlation of two (N,) tensors (torchmetrics, as the training metrics; 0.0 when either is
     constant, where the correlation is undefined)."""
@@ -1141,6 +1155,7 @@ __all__ = [
     "build_problem",
     "ehrlich_problem",
     "gb1_problem",
+    "log_transform",
     "rank_transform",
     "roc_auc",
     "run_closed_loop",
