@@ -169,8 +169,8 @@ def test_loop_rejects_bad_input(easy):
         LoopConfig(method="bayes")
     with pytest.raises(ValueError, match="batch_size is 0"):
         LoopConfig(batch_size=0)
-    with pytest.raises(ValueError, match="target_transform is 'log'"):
-        LoopConfig(target_transform="log")
+    with pytest.raises(ValueError, match="target_transform is 'exp'"):
+        LoopConfig(target_transform="exp")
     with pytest.raises(ValueError, match="lambo_population is 0"):
         LoopConfig(lambo_population=0)
     with pytest.raises(ValueError, match="kmer_screen is 0"):
