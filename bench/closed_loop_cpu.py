@@ -15,6 +15,8 @@ import json
 import math
 import pathlib
 
+from cortex.design.loop import single_mutants  # the loop's enumeration (tests reach it here too)
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -197,19 +199,6 @@ def summaries_from_states(state_dirs: list[str], budget: int | None, started_onl
     return summary
 
 
-def single_mutants(state, is_mutable, vocab_size: int):
-    """(M, L) every single-site mutant of an (L,) state at its mutable positions ((L,) bool), M = mutable
-    positions x (vocab_size - 1)."""
-    import torch
-
-    positions = is_mutable.nonzero().flatten().repeat_interleave(vocab_size)  # (P * V,)
-    tokens = torch.arange(vocab_size).repeat(int(is_mutable.sum()))  # (P * V,)
-    keep = tokens != state[positions]
-    mutants = state.repeat(int(keep.sum()), 1)  # (M, L)
-    mutants[torch.arange(mutants.shape[0]), positions[keep]] = tokens[keep]
-    return mutants
-
-
 def rank_improving_mutants(state_path: str, cut: int, overrides: dict, train_seed: int) -> dict:
     """How the loop's surrogate ranks what would improve the incumbent: trains it (LoopConfig(**overrides)) on the
     first `cut` evaluations of a saved run and scores every single mutant of the best measured sequence; among the
@@ -245,9 +234,7 @@ def rank_improving_mutants(state_path: str, cut: int, overrides: dict, train_see
     leaves = ["objective", "feasible"] if problem.learn_feasibility else ["objective"]
 
     def outputs(states):
-        encoded = model.tokenize(problem.decode(states), root="sequence")
-        with torch.inference_mode():
-            return model(root_inputs={"sequence": encoded}, leaves=leaves).leaf_outputs
+        return loop.leaf_outputs(model, states, leaves)
 
     acquisition = AcquisitionObjective([("objective", 0)], leaves[1:])
     pool = loop.config.lambo_seed_pool or max(1, loop.config.batch_size // 2)

@@ -17,7 +17,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from cortex.design.loop import ClosedLoop, LoopConfig, build_problem
+from cortex.design.loop import ClosedLoop, LoopConfig, build_problem, single_mutants
 
 
 def plateau_row(problem, path: str) -> dict:
@@ -36,10 +36,7 @@ def plateau_row(problem, path: str) -> dict:
             counts[unseen] = counts.get(unseen, 0) + 1
         return counts
 
-    singles = incumbent.repeat(length * size, 1)
-    singles[torch.arange(length * size), torch.arange(length).repeat_interleave(size)] = torch.arange(
-        size
-    ).repeat(length)
+    singles = single_mutants(incumbent, problem.is_mutable, size)
     doubles: dict[int, int] = {}
     tokens = torch.cartesian_prod(torch.arange(size), torch.arange(size))  # (V^2, 2)
     for i, j in itertools.combinations(range(length), 2):

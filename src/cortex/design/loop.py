@@ -820,47 +820,35 @@ class ClosedLoop:
             if row not in first:
                 first.add(row)
                 unique.append(row)
-        positions = self.problem.is_mutable.nonzero().flatten()  # (M,)
-        size = len(self.problem.alphabet)
-        position = positions.repeat_interleave(size)  # (M * V,) every (position, token) edit
-        token = torch.arange(size).repeat(positions.numel())
         taken = set(map(tuple, self.states.tolist())) | set(map(tuple, batch.tolist()))
-        found, found_position, found_token = [], [], []
-        for parent in unique:  # one seed at a time: (M * V, L) mutants, the seed's own token dropped
+        seen = self.seen_kmers()
+        found, found_edits = [], []
+        for parent in unique:
             parent = torch.tensor(parent, dtype=torch.int64)
-            edit = parent[position] != token
-            mutants = parent.repeat(int(edit.sum()), 1)
-            mutants[torch.arange(mutants.shape[0]), position[edit]] = token[edit]
-            safe = self.unseen_kmers(mutants) == 0
-            for row, p, t in zip(
-                mutants[safe].tolist(), position[edit][safe].tolist(), token[edit][safe].tolist(), strict=True
-            ):
+            mutants = single_mutants(parent, self.problem.is_mutable, len(self.problem.alphabet))  # (M, L)
+            mutants = mutants[self.unseen_kmers(mutants, seen) == 0]
+            position = (mutants != parent).int().argmax(-1)  # (M,) the one edited position
+            token = mutants.gather(1, position[:, None])[:, 0]  # (M,)
+            for row, edit in zip(mutants.tolist(), zip(position.tolist(), token.tolist()), strict=True):
                 if tuple(row) not in taken:
                     taken.add(tuple(row))
                     found.append(row)
-                    found_position.append(p)
-                    found_token.append(t)
+                    found_edits.append(edit)
         if not found:
             return empty
         mutants = torch.tensor(found, dtype=torch.int64)
-        position, token = torch.tensor(found_position), torch.tensor(found_token)
         index = torch.arange(len(found))
         if index.numel() > max_scored:
             generator = torch.Generator().manual_seed(self._draw_seed())
             index = index[torch.randperm(index.numel(), generator=generator)[:max_scored]]
-        device = torch.device(self.config.device)
-        scores = []
-        for chunk in index.split(1024):
-            encoded = {
-                k: v.to(device)
-                for k, v in model.tokenize(self.problem.decode(mutants[chunk]), root="sequence").items()
-            }
-            outputs = model(root_inputs={"sequence": encoded}, leaves=list(objective.leaves)).leaf_outputs
-            scores.append(objective(outputs).float().cpu())
+        scores = [
+            objective(self.leaf_outputs(model, mutants[chunk], objective.leaves)).float().cpu()
+            for chunk in index.split(1024)
+        ]
         index = index[torch.sort(torch.cat(scores), descending=True, stable=True).indices]
         chosen, edits = [], set()
         for i in index.tolist():
-            edit = (int(position[i]), int(token[i]))
+            edit = found_edits[i]
             if len(chosen) < limit and edit not in edits:
                 chosen.append(i)
                 edits.add(edit)
@@ -898,6 +886,17 @@ class ClosedLoop:
         return keep
 
     @torch.inference_mode()
+    def leaf_outputs(
+        self, model: NeuralTreeModel, states: torch.Tensor, leaves: Sequence[str]
+    ) -> dict[str, object]:
+        """The `leaves`' outputs of the surrogate for (B, L) states (tokenized and moved to the loop's device)."""
+        device = torch.device(self.config.device)
+        encoded = {
+            k: v.to(device) for k, v in model.tokenize(self.problem.decode(states), root="sequence").items()
+        }
+        return model(root_inputs={"sequence": encoded}, leaves=list(leaves)).leaf_outputs
+
+    @torch.inference_mode()
     def prospective_quality(
         self, model: NeuralTreeModel, states: torch.Tensor, values: torch.Tensor
     ) -> dict[str, float | None]:
@@ -905,12 +904,8 @@ class ClosedLoop:
         `surrogate_spearman` between the ensemble-mean objective prediction and the measured value over the
         feasible rows, `feasible_auc` of the feasibility leaf's probability against measured feasibility (None
         where undefined: fewer than 3 feasible rows, or a single class). states (B, L), values (B,)."""
-        device = torch.device(self.config.device)
-        encoded = {
-            k: v.to(device) for k, v in model.tokenize(self.problem.decode(states), root="sequence").items()
-        }
         leaves = ["objective", "feasible"] if self.problem.learn_feasibility else ["objective"]
-        outputs = model(root_inputs={"sequence": encoded}, leaves=leaves).leaf_outputs
+        outputs = self.leaf_outputs(model, states, leaves)
         predicted = outputs["objective"].loc.mean(0)[:, 0].float().cpu()  # (B,)
         feasible = torch.isfinite(values)
         quality: dict[str, float | None] = {"surrogate_spearman": None, "feasible_auc": None}
@@ -979,10 +974,10 @@ class ClosedLoop:
             infeasible += int((one_unseen & ~measured_feasible).sum())
         return (feasible + 1) / (feasible + infeasible + 2)
 
-    def unseen_kmers(self, states: torch.Tensor) -> torch.Tensor:
+    def unseen_kmers(self, states: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """(N,) int64 for (N, L) states: how many windows of `kmer_screen` consecutive tokens occur in no measured
-        feasible sequence (all 0 when none is measured yet)."""
-        seen = self.seen_kmers()
+        feasible sequence (all 0 when none is measured yet); `seen`: `seen_kmers()` when already computed."""
+        seen = self.seen_kmers() if seen is None else seen
         if seen.numel() == 0 or states.shape[0] == 0:
             return torch.zeros(states.shape[0], dtype=torch.int64)
         return (~torch.isin(self.kmer_codes(states), seen)).sum(-1)
@@ -1110,6 +1105,17 @@ def rank_transform(values: torch.Tensor) -> torch.Tensor:
     return torch.full_like(values, math.nan).masked_scatter(finite, ranks)
 
 
+def single_mutants(state: torch.Tensor, is_mutable: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(M, L) every single-site mutant of an (L,) state at its mutable positions ((L,) bool), position-major then
+    token order, M = mutable positions x (vocab_size - 1)."""
+    positions = is_mutable.nonzero().flatten().repeat_interleave(vocab_size)  # (P * V,)
+    tokens = torch.arange(vocab_size).repeat(int(is_mutable.sum()))  # (P * V,)
+    keep = tokens != state[positions]
+    mutants = state.repeat(int(keep.sum()), 1)  # (M, L)
+    mutants[torch.arange(mutants.shape[0]), positions[keep]] = tokens[keep]
+    return mutants
+
+
 def log_transform(values: torch.Tensor) -> torch.Tensor:
     """(N,) values -> (N,) log of the finite entries, values at or below 0 raised to half the smallest positive
     one first (NaN stays NaN). Monotone; a product objective (Ehrlich: motif levels multiplied) becomes a sum,
@@ -1160,6 +1166,7 @@ __all__ = [
     "rank_transform",
     "roc_auc",
     "run_closed_loop",
+    "single_mutants",
     "spearman",
     "state_tokenizer",
 ]
