@@ -233,13 +233,14 @@ def rank_improving_mutants(state_path: str, cut: int, overrides: dict, train_see
     model = loop.train_surrogate(train_seed)
     leaves = ["objective", "feasible"] if problem.learn_feasibility else ["objective"]
 
-    def outputs(states):
-        return loop.leaf_outputs(model, states, leaves)
-
     acquisition = AcquisitionObjective([("objective", 0)], leaves[1:])
     pool = loop.config.lambo_seed_pool or max(1, loop.config.batch_size // 2)
-    acquisition.fit(outputs(loop.states[torch.sort(measured, descending=True, stable=True).indices[:pool]]))
-    out = outputs(mutants)
+    acquisition.fit(
+        loop.leaf_outputs(
+            model, loop.states[torch.sort(measured, descending=True, stable=True).indices[:pool]], leaves
+        )
+    )
+    out = loop.leaf_outputs(model, mutants, leaves)
     mean = out["objective"].loc.mean(0)[:, 0]  # (M,)
     row = {
         "state": state_path,
