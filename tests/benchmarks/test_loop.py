@@ -144,6 +144,21 @@ def test_lambo_population_larger_than_batch_tiles_the_best_seeds(easy, tmp_path)
     assert len(set(seeds)) == 4
 
 
+@pytest.mark.parametrize("method", ["ga", "random"])
+def test_baseline_population_smaller_than_the_start_begins_from_its_best(easy, method):
+    """A baseline with fewer particles (4) than starting sequences (16) starts from the 4 best of them, so it
+    selects from the same starting data as LaMBO-2 (not from the first 4 in the given order)."""
+    loop = ClosedLoop(easy, LoopConfig(method=method, batch_size=4, budget=16))
+    loop.run()  # the budget is the starting set: measures it, proposes nothing
+    values = torch.nan_to_num(loop.values, nan=-math.inf)
+    best = torch.sort(values, descending=True, stable=True).indices[:4]
+    assert not torch.equal(best, torch.arange(4)), "the starting set is already best first: the test proves nothing"
+    assert torch.equal(loop._new_baseline().ask(), loop.states[best])
+    given = ClosedLoop(easy, LoopConfig(method=method, batch_size=4, budget=16, baseline_start="given"))
+    given.run()
+    assert torch.equal(given._new_baseline().ask(), given.states[:4])
+
+
 def test_state_of_another_run_is_refused(easy, tmp_path):
     ClosedLoop(easy, LoopConfig(method="ga", **TINY), tmp_path).run()
     with pytest.raises(ValueError, match="config"):
@@ -171,6 +186,8 @@ def test_loop_rejects_bad_input(easy):
         LoopConfig(batch_size=0)
     with pytest.raises(ValueError, match="target_transform is 'exp'"):
         LoopConfig(target_transform="exp")
+    with pytest.raises(ValueError, match="baseline_start is 'worst'"):
+        LoopConfig(baseline_start="worst")
     with pytest.raises(ValueError, match="lambo_population is 0"):
         LoopConfig(lambo_population=0)
     with pytest.raises(ValueError, match="kmer_screen is 0"):

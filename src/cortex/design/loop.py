@@ -64,7 +64,8 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>")
 TARGET_TRANSFORMS: tuple[str, ...] = ("none", "rank", "log")
 # Options absent from the config of a state saved before they existed, and the value such a run behaved as (the
 # option's value when it was added; its default may have changed since, so the current default would be wrong).
-PREDATED_OPTIONS: dict[str, object] = {"explore_feasible_frac": None}
+PREDATED_OPTIONS: dict[str, object] = {"explore_feasible_frac": None, "baseline_start": "given"}
+BASELINE_STARTS = ("best", "given")
 
 
 # ---- problems --------------------------------------------------------------------------------------------------
@@ -258,6 +259,9 @@ class LoopConfig:
     round still measures `batch_size` (before the fill a very small start starved: cortex-bench's tiny grid, 8
     Ehrlich sequences, batches of 8, ended at 8-9 of 24 evaluations).
     Baselines: ga_survival_quantile, ga_recombine_prob, ga_mutation_prob (None: 1 / L), random_num_mutations.
+    baseline_start: "best" (a baseline population smaller than the starting set starts from its best members, so
+    it selects from the same starting data as LaMBO-2) or "given" (the first members in the given order, as before
+    session 8: a GA of 32 particles saw 32 of GB1's 64 starting variants, of 128 a quarter of Ehrlich's 512 pool).
     max_idle_rounds: stop after this many consecutive rounds that propose nothing new.
     device: where the surrogate trains and LaMBO-2 runs ("cpu", "cuda").
     """
@@ -299,6 +303,7 @@ class LoopConfig:
     ga_recombine_prob: float = 0.5
     ga_mutation_prob: float | None = None
     random_num_mutations: int = 1
+    baseline_start: str = "best"
     max_idle_rounds: int = 8
     device: str = "cpu"
 
@@ -331,6 +336,10 @@ class LoopConfig:
         if self.property_pooling not in POOLING_TYPES:
             raise ValueError(
                 f"LoopConfig.property_pooling is {self.property_pooling!r}; expected one of {POOLING_TYPES}"
+            )
+        if self.baseline_start not in BASELINE_STARTS:
+            raise ValueError(
+                f"LoopConfig.baseline_start is {self.baseline_start!r}; expected one of {BASELINE_STARTS}"
             )
         if self.target_transform not in TARGET_TRANSFORMS:
             raise ValueError(
@@ -507,6 +516,13 @@ class ClosedLoop:
         method = "ga" if cfg.method != "random" else "random"
         vocab = range(len(problem.alphabet))
         seeds = problem.initial_states
+        if cfg.baseline_start == "best":
+            # The starting set, best first: a population smaller than the set starts from its best members.
+            initial = self.rounds == 0
+            best_first = torch.sort(
+                torch.nan_to_num(self.values[initial], nan=-math.inf), descending=True, stable=True
+            ).indices
+            seeds = self.states[initial][best_first]
         if method == "ga":
             return GeneticAlgorithm(
                 seeds,
