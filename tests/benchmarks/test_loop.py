@@ -152,7 +152,9 @@ def test_baseline_population_smaller_than_the_start_begins_from_its_best(easy, m
     loop.run()  # the budget is the starting set: measures it, proposes nothing
     values = torch.nan_to_num(loop.values, nan=-math.inf)
     best = torch.sort(values, descending=True, stable=True).indices[:4]
-    assert not torch.equal(best, torch.arange(4)), "the starting set is already best first: the test proves nothing"
+    assert not torch.equal(best, torch.arange(4)), (
+        "the starting set is already best first: the test proves nothing"
+    )
     assert torch.equal(loop._new_baseline().ask(), loop.states[best])
     given = ClosedLoop(easy, LoopConfig(method=method, batch_size=4, budget=16, baseline_start="given"))
     given.run()
@@ -286,6 +288,38 @@ def test_mlm_learns_only_from_feasible_rows(easy):
     model = loop.train_surrogate(train_seed=0)
     after = {k: v for k, v in model.state_dict().items() if "generation" in k}
     assert before and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_mlm_seed_pool_only_corrupts_only_the_seed_pool(easy):
+    """With mlm_seed_pool_only, the MLM leaf's batches corrupt only rows of the LaMBO-2 seed pool (the
+    batch_size // 2 best measured sequences); every pool row is corrupted at some step."""
+    loop = ClosedLoop(easy, LoopConfig(method="lambo", mlm_seed_pool_only=True, **{**TINY, "num_epochs": 2}))
+    loop.states = easy.initial_states
+    loop.values = torch.arange(easy.initial_states.shape[0], dtype=torch.float32)  # row i has value i
+    pool = {tuple(row) for row in loop.states[loop.seed_pool()].tolist()}
+    assert len(pool) == 8 and loop.seed_pool().tolist() == list(range(15, 7, -1))
+    model = loop._build_model(0)
+    corrupted: set[tuple[int, ...]] = set()
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        if kwargs.get("leaves") == ["sequence_mlm"]:
+            inputs = kwargs["root_inputs"]["sequence"]
+            for ids, noise in zip(inputs["input_ids"].tolist(), inputs["noise_level"].tolist(), strict=True):
+                if noise > 0:
+                    corrupted.add(tuple(ids))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    loop._build_model = lambda seed: model
+    loop.train_surrogate(train_seed=0)
+    pool_ids = {
+        tuple(r)
+        for r in model.tokenize(easy.decode(loop.states[loop.seed_pool()]), root="sequence")[
+            "input_ids"
+        ].tolist()
+    }
+    assert corrupted == pool_ids
 
 
 def test_select_batch_spreads_edits_and_screens_kmers():

@@ -215,7 +215,8 @@ class LoopConfig:
     corruption drawn uniformly in [0, max]), max_property_noise_level (the same for the property leaves, which see
     their own, less corrupted copy of the batch: 0 trains them on clean sequences, as they score proposals),
     mlm_feasible_only (the MLM leaf learns only from feasible sequences, so the denoiser that LaMBO-2 samples
-    from proposes allowed transitions), root_num_blocks / root_dilation (conv root depth and the dilation of
+    from proposes allowed transitions), mlm_seed_pool_only (it learns only from the seed pool, the best measured
+    sequences LaMBO-2 starts from: the denoiser then proposes what they hold, a learned recombination of them), root_num_blocks / root_dilation (conv root depth and the dilation of
     its inner blocks: the receptive field must span a motif with its spacings), warm_start (start from the
     previous round's weights; off by default: Ehrlich easy, a warm-started surrogate's MLM memorizes the
     near-duplicate data, so LaMBO-2 returned 89 new sequences where a fresh one returned 227, and the loop's
@@ -281,6 +282,7 @@ class LoopConfig:
     max_noise_level: float = 0.5
     max_property_noise_level: float = 0.0
     mlm_feasible_only: bool = True
+    mlm_seed_pool_only: bool = False
     root_num_blocks: int = 4
     root_dilation: int = 2
     warm_start: bool = False
@@ -641,7 +643,13 @@ class ClosedLoop:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
         labels = {name: value.to(device) for name, value in labels.items()}
         # Rows the MLM leaf learns from: (N,) bool (NaN = unknown counts as not feasible).
-        mlm_rows = (finite if cfg.mlm_feasible_only else torch.ones_like(finite)).to(device)
+        mlm_rows = finite if cfg.mlm_feasible_only else torch.ones_like(finite)
+        if cfg.mlm_seed_pool_only:
+            # Only the rows LaMBO-2 starts from: the denoiser it samples from proposes what the best sequences hold.
+            pool = torch.zeros_like(finite)
+            pool[self.seed_pool()] = True
+            mlm_rows = mlm_rows & pool
+        mlm_rows = mlm_rows.to(device)
         num_rows = self.states.shape[0]
         num_epochs = max(
             cfg.num_epochs, math.ceil(cfg.min_train_steps / math.ceil(num_rows / cfg.train_batch_size))
@@ -932,6 +940,15 @@ class ClosedLoop:
             quality["feasible_auc"] = roc_auc(probability, feasible)
         return quality
 
+    def seed_pool(self) -> torch.Tensor:
+        """Row indices of the `lambo_seed_pool` (None: batch_size // 2) best measured sequences, at most the
+        LaMBO-2 population, best first (stable order among ties, infeasible ones last)."""
+        cfg = self.config
+        population = cfg.lambo_population or 4 * cfg.batch_size
+        pool = cfg.lambo_seed_pool or max(1, cfg.batch_size // 2)
+        order = torch.sort(torch.nan_to_num(self.values, nan=-math.inf), descending=True, stable=True).indices
+        return order[: min(pool, population)]
+
     def lambo_seeds(self) -> list[str]:
         """The LaMBO-2 seeds of a round: the `lambo_seed_pool` best measured sequences (stable order among ties,
         infeasible ones last), repeated in that order up to `lambo_population` candidates.
@@ -940,9 +957,7 @@ class ClosedLoop:
         sequences at their best value: no gain, median best 0.42 either way at 5,888 evaluations, 5 seeds.)"""
         cfg = self.config
         population = cfg.lambo_population or 4 * cfg.batch_size
-        pool = cfg.lambo_seed_pool or max(1, cfg.batch_size // 2)
-        order = torch.sort(torch.nan_to_num(self.values, nan=-math.inf), descending=True, stable=True).indices
-        best = order[: min(pool, population)]
+        best = self.seed_pool()
         states = self.states[best.repeat(math.ceil(population / best.numel()))[:population]]  # (P, L)
         num_children = round(cfg.seed_crossover * population) if best.numel() > 1 else 0
         if num_children:
