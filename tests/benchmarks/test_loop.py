@@ -290,19 +290,17 @@ def test_mlm_learns_only_from_feasible_rows(easy):
     assert before and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_mlm_seed_pool_only_corrupts_only_the_seed_pool(easy):
-    """With mlm_seed_pool_only, the MLM leaf's batches corrupt only rows of the LaMBO-2 seed pool (the
-    batch_size // 2 best measured sequences); every pool row is corrupted at some step."""
-    loop = ClosedLoop(easy, LoopConfig(method="lambo", mlm_seed_pool_only=True, **{**TINY, "num_epochs": 2}))
-    loop.states = easy.initial_states
-    loop.values = torch.arange(easy.initial_states.shape[0], dtype=torch.float32)  # row i has value i
-    pool = {tuple(row) for row in loop.states[loop.seed_pool()].tolist()}
-    assert len(pool) == 8 and loop.seed_pool().tolist() == list(range(15, 7, -1))
+def _mlm_corrupted_rows(problem, config) -> tuple[set, set]:
+    """Trains the loop's surrogate on `problem`'s starting set (row i has value i) and returns the token-id rows
+    the MLM leaf's batches corrupted (noise level > 0) and those of the seed pool."""
+    loop = ClosedLoop(problem, config)
+    loop.states = problem.initial_states
+    loop.values = torch.arange(problem.initial_states.shape[0], dtype=torch.float32)
     model = loop._build_model(0)
     corrupted: set[tuple[int, ...]] = set()
     forward = model.forward
 
-    def spy(*args, **kwargs):
+    def spy(*args, **kwargs):  # records what the MLM call saw, then runs it unchanged
         if kwargs.get("leaves") == ["sequence_mlm"]:
             inputs = kwargs["root_inputs"]["sequence"]
             for ids, noise in zip(inputs["input_ids"].tolist(), inputs["noise_level"].tolist(), strict=True):
@@ -313,13 +311,18 @@ def test_mlm_seed_pool_only_corrupts_only_the_seed_pool(easy):
     model.forward = spy
     loop._build_model = lambda seed: model
     loop.train_surrogate(train_seed=0)
-    pool_ids = {
-        tuple(r)
-        for r in model.tokenize(easy.decode(loop.states[loop.seed_pool()]), root="sequence")[
-            "input_ids"
-        ].tolist()
-    }
-    assert corrupted == pool_ids
+    pool = model.tokenize(problem.decode(loop.states[loop.seed_pool()]), root="sequence")["input_ids"]
+    return corrupted, {tuple(row) for row in pool.tolist()}
+
+
+def test_mlm_seed_pool_only_corrupts_only_the_seed_pool(easy):
+    """By default (mlm_seed_pool_only) the MLM leaf's batches corrupt exactly the rows of the LaMBO-2 seed pool
+    (the batch_size // 2 = 8 best measured sequences); with the option off, the other rows too."""
+    corrupted, pool = _mlm_corrupted_rows(easy, LoopConfig(method="lambo", **{**TINY, "num_epochs": 2}))
+    assert len(pool) == 8 and corrupted == pool
+    off = LoopConfig(method="lambo", mlm_seed_pool_only=False, **{**TINY, "num_epochs": 2})
+    corrupted, pool = _mlm_corrupted_rows(easy, off)
+    assert corrupted > pool and len(corrupted) == 16
 
 
 def test_select_batch_spreads_edits_and_screens_kmers():

@@ -64,7 +64,11 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>")
 TARGET_TRANSFORMS: tuple[str, ...] = ("none", "rank", "log")
 # Options absent from the config of a state saved before they existed, and the value such a run behaved as (the
 # option's value when it was added; its default may have changed since, so the current default would be wrong).
-PREDATED_OPTIONS: dict[str, object] = {"explore_feasible_frac": None, "baseline_start": "given"}
+PREDATED_OPTIONS: dict[str, object] = {
+    "explore_feasible_frac": None,
+    "baseline_start": "given",
+    "mlm_seed_pool_only": False,
+}
 BASELINE_STARTS = ("best", "given")
 
 
@@ -215,8 +219,10 @@ class LoopConfig:
     corruption drawn uniformly in [0, max]), max_property_noise_level (the same for the property leaves, which see
     their own, less corrupted copy of the batch: 0 trains them on clean sequences, as they score proposals),
     mlm_feasible_only (the MLM leaf learns only from feasible sequences, so the denoiser that LaMBO-2 samples
-    from proposes allowed transitions), mlm_seed_pool_only (it learns only from the seed pool, the best measured
-    sequences LaMBO-2 starts from: the denoiser then proposes what they hold, a learned recombination of them), root_num_blocks / root_dilation (conv root depth and the dilation of
+    from proposes allowed transitions), mlm_seed_pool_only (default True: it learns only from the seed pool, the
+    best measured sequences LaMBO-2 starts from, so the denoiser proposes what they hold, a learned recombination
+    of them; session 8: GB1 median 70.5 vs 86.5 evaluations to the top 1 % over 20 seeds, GA 72; Ehrlich easy at
+    1,280 evaluations on CPU median 0.28+ vs 0.14; on two H200s one easy run of five solved it), root_num_blocks / root_dilation (conv root depth and the dilation of
     its inner blocks: the receptive field must span a motif with its spacings), warm_start (start from the
     previous round's weights; off by default: Ehrlich easy, a warm-started surrogate's MLM memorizes the
     near-duplicate data, so LaMBO-2 returned 89 new sequences where a fresh one returned 227, and the loop's
@@ -282,7 +288,7 @@ class LoopConfig:
     max_noise_level: float = 0.5
     max_property_noise_level: float = 0.0
     mlm_feasible_only: bool = True
-    mlm_seed_pool_only: bool = False
+    mlm_seed_pool_only: bool = True
     root_num_blocks: int = 4
     root_dilation: int = 2
     warm_start: bool = False
