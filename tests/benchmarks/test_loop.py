@@ -254,6 +254,23 @@ def test_explore_feasible_frac_leaves_a_problem_without_feasibility_constraint_u
     assert torch.equal(runs[0], runs[1])
 
 
+def test_fill_batch_completes_a_round_with_single_mutants_of_the_seeds():
+    """A LaMBO-2 population of 2 with 1 step visits at most 2 candidates: with fill_batch (default) the round still
+    measures its 8, the rest single mutants of the seeds at GB1's four sites; without it, at most 2."""
+    problem = build_problem("gb1", seed=0, initial_size=8)
+    tiny = {**TINY, "batch_size": 8, "num_rounds": 1, "lambo_steps": 1, "lambo_population": 2}
+    filled = ClosedLoop(problem, LoopConfig(method="lambo", **tiny)).run()
+    unfilled = ClosedLoop(problem, LoopConfig(method="lambo", fill_batch=False, **tiny)).run()
+    from_lambo = int((unfilled.rounds == 1).sum())  # the same LaMBO-2 rows come first in both runs
+    assert int((filled.rounds == 1).sum()) == 8 and from_lambo <= 2
+    new = filled.states[filled.rounds == 1]
+    assert torch.equal(new[:from_lambo], unfilled.states[unfilled.rounds == 1])
+    assert len({tuple(row) for row in filled.states.tolist()}) == 16
+    distance = (new[:, None, :] != filled.states[None, :8, :]).sum(-1).min(-1).values  # to the nearest seed
+    assert (distance[from_lambo:] == 1).all()
+    assert not (new[:, ~problem.is_mutable] != filled.states[:1, ~problem.is_mutable]).any()
+
+
 def test_kmer_screen_keeps_feasible_mutants():
     """Single-site mutants of DMP samples whose bigrams all occur in the measured feasible set are feasible far
     more often than unscreened mutants (the screen LaMBO-2 proposals pass on constrained problems)."""

@@ -68,6 +68,7 @@ PREDATED_OPTIONS: dict[str, object] = {
     "explore_feasible_frac": None,
     "baseline_start": "given",
     "mlm_seed_pool_only": False,
+    "fill_batch": False,
 }
 BASELINE_STARTS = ("best", "given")
 
@@ -269,6 +270,10 @@ class LoopConfig:
     baseline_start: "best" (a baseline population smaller than the starting set starts from its best members, so
     it selects from the same starting data as LaMBO-2) or "given" (the first members in the given order, as before
     session 8: a GA of 32 particles saw 32 of GB1's 64 starting variants, of 128 a quarter of Ehrlich's 512 pool).
+    fill_batch: when LaMBO-2 returns fewer new candidates than the batch, the free slots take the acquisition's
+    best single mutants of the seeds (`safe_fill`; always on under the feasibility floor), so a round measures
+    its batch (GB1 with the MLM on the seed pool: the denoiser memorises 16 near-optimal variants and later rounds
+    returned 1-15 new sequences of 32).
     max_idle_rounds: stop after this many consecutive rounds that propose nothing new.
     device: where the surrogate trains and LaMBO-2 runs ("cpu", "cuda").
     """
@@ -312,6 +317,7 @@ class LoopConfig:
     ga_mutation_prob: float | None = None
     random_num_mutations: int = 1
     baseline_start: str = "best"
+    fill_batch: bool = True
     max_idle_rounds: int = 8
     device: str = "cpu"
 
@@ -744,9 +750,10 @@ class ClosedLoop:
             parents = self.problem.encode([seeds[row["candidate"]] for row in rows], where="LaMBO-2 seeds")
         limit = min(remaining, cfg.batch_size)
         novel = self.select_batch(proposals, parents, limit)
-        if novel.shape[0] < limit and self._floor_active:
-            # The floor left slots empty (too few fully seen LaMBO-2 candidates): fill them with the acquisition's
-            # best fully seen single mutants of the seeds instead of measuring fewer.
+        if novel.shape[0] < limit and (cfg.fill_batch or self._floor_active):
+            # Too few new LaMBO-2 candidates (or the floor dropped risky ones): fill the free slots with the
+            # acquisition's best (fully seen, under a k-mer screen) single mutants of the seeds instead of
+            # measuring fewer.
             seed_states = self.problem.encode(seeds, where="LaMBO-2 seeds")
             fill = self.safe_fill(model, objective, seed_states, novel, limit - novel.shape[0])
             novel = torch.cat([novel, fill])
@@ -837,11 +844,12 @@ class ClosedLoop:
         limit: int,
         max_scored: int = 8192,
     ) -> torch.Tensor:
-        """Up to `limit` (K, L) fully seen single mutants of the (S, L) `seeds` (best first, repeats ignored), new
-        to the data and to the (B, L) `batch`, best `objective` (a fitted acquisition on `model`) first, no two
-        sharing an edit. Fully seen: every window of `kmer_screen` tokens occurs in a measured feasible sequence,
-        so under a constraint on consecutive tokens (Ehrlich's) they are feasible. At most `max_scored` of them
-        (a seeded random subset) are scored."""
+        """Up to `limit` (K, L) single mutants of the (S, L) `seeds` (best first, repeats ignored), new to the data
+        and to the (B, L) `batch`, best `objective` (a fitted acquisition on `model`) first, no two sharing an
+        edit. Under a k-mer screen (`kmer_screen` on a problem with a feasibility constraint) only fully seen ones:
+        every window of `kmer_screen` tokens occurs in a measured feasible sequence, so under a constraint on
+        consecutive tokens (Ehrlich's) they are feasible. At most `max_scored` of them (a seeded random subset)
+        are scored."""
         empty = torch.empty(0, self.problem.length, dtype=torch.int64)
         if limit <= 0 or seeds.shape[0] == 0:
             return empty
@@ -851,12 +859,14 @@ class ClosedLoop:
                 first.add(row)
                 unique.append(row)
         taken = set(map(tuple, self.states.tolist())) | set(map(tuple, batch.tolist()))
-        seen = self.seen_kmers()
+        screened = self.config.kmer_screen is not None and self.problem.learn_feasibility
+        seen = self.seen_kmers() if screened else None
         found, found_edits = [], []
         for parent in unique:
             parent = torch.tensor(parent, dtype=torch.int64)
             mutants = single_mutants(parent, self.problem.is_mutable, len(self.problem.alphabet))  # (M, L)
-            mutants = mutants[self.unseen_kmers(mutants, seen) == 0]
+            if screened:
+                mutants = mutants[self.unseen_kmers(mutants, seen) == 0]
             position = (mutants != parent).int().argmax(-1)  # (M,) the one edited position
             token = mutants.gather(1, position[:, None])[:, 0]  # (M,)
             for row, edit in zip(mutants.tolist(), zip(position.tolist(), token.tolist()), strict=True):
@@ -882,9 +892,7 @@ class ClosedLoop:
             if len(chosen) < limit and edit not in edits:
                 chosen.append(i)
                 edits.add(edit)
-        logger.info(
-            "safe fill: %d fully seen single mutants added to a batch of %d", len(chosen), batch.shape[0]
-        )
+        logger.info("fill: %d single mutants added to a batch of %d", len(chosen), batch.shape[0])
         return mutants[chosen] if chosen else empty
 
     def within_feasible_floor(
