@@ -16,9 +16,10 @@
 #   bash bench/closed_loop_gpu.sh /tmp/gpu_smoke 120 loop.device=cpu initial_size=32 loop.batch_size=16 \
 #     loop.num_rounds=2 loop.lambo_steps=2 loop.min_train_steps=0 loop.num_epochs=1 seeds='[0]'
 #
-# Writes OUT/ehrlich.json (issue 7 keys, protocol recorded), OUT/<level>_best_so_far.png and OUT/runs.tgz (every
-# run's directory: its state resumes the run; one archive, as the device tool returns neither deep folders nor
-# many files). To continue stopped runs: tar xzf runs.tgz -C OUT, then the same command with the same OUT.
+# Writes OUT/ehrlich.json (issue 7 keys, protocol recorded) and OUT/runs.tgz (every run's directory, whose state
+# resumes the run, the per-level results and <level>_best_so_far.png): two files, as the device tool returns at
+# most 8 (session 8: two jobs writing 4 files each lost the second's archive) and no deep folders. To continue
+# stopped runs: tar xzf runs.tgz -C OUT, then the same command with the same OUT.
 set -euo pipefail
 OUT=${1:-${OUT:-bench/results/closed_loop_gpu}}
 DEADLINE_S=${2:-450}
@@ -70,8 +71,8 @@ for pid in "${pids[@]}"; do
   wait "$pid" || { code=$?; [[ $code == 124 || $code == 130 ]] || { echo "run $pid failed ($code)"; status=1; }; }
 done
 for level in $LEVELS; do
-  python bench/closed_loop_cpu.py --states "$OUT"/runs/${level}_* --started-only --plot "$OUT/${level}_best_so_far.png" \
-    --results-dir "$OUT/$level" --write-results \
+  python bench/closed_loop_cpu.py --states "$OUT"/runs/${level}_* --started-only \
+    --plot "$OUT/runs/${level}_best_so_far.png" --results-dir "$OUT/runs/$level" --write-results \
     --protocol "bench/closed_loop_gpu.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo cpu): $level, LaMBO-2 on $DEVICE vs GA, seeds [$SEEDS], each run stopped at ${DEADLINE_S}s, runs that finished a round cut at the fewest evaluations reached; initial_size=512 loop.batch_size=128 loop.num_rounds=12 unless overridden; overrides: ${EXTRA[*]:-none}"
 done
 python - "$OUT" <<'PY'
@@ -79,7 +80,7 @@ import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 merged = {}
 for level in ("easy", "medium", "hard"):
-    path = out / level / "ehrlich.json"
+    path = out / "runs" / level / "ehrlich.json"
     if path.exists():
         merged.update(json.loads(path.read_text()))
 (out / "ehrlich.json").write_text(json.dumps(merged, indent=2) + "\n")

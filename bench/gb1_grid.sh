@@ -11,8 +11,9 @@
 #
 # The GA runs the same seeds after them (seconds). Every LaMBO-2 arm is stopped by SIGINT at DEADLINE_S (its
 # saved rounds still count). Writes OUT/<arm>/gb1.json (the arm against the GA, issue 7 keys, from the saved run
-# states) and OUT/runs.tgz (every run's state: one archive, as the device tool returns
-# neither deep folders nor many files).
+# states) and OUT/<arm>.tgz, OUT/ga.tgz (the runs' states and logs; the device tool returns at most 8 files, 16 MiB
+# each, two folders down, so keep to 3 arms). To summarise here: tar xzf each into D, then
+# python bench/closed_loop_cpu.py --states D/<arm> D/ga --write-results --results-dir <dir>.
 set -euo pipefail
 OUT=$1
 DEADLINE_S=$2
@@ -26,20 +27,27 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 ROUNDS=${ROUNDS:-4}  # rounds of 32 after the 64 starting variants (4: the recorded 192-evaluation protocol)
 common=(problems="[gb1]" seeds="[$SEEDS]" num_threads=1 num_workers="$WORKERS" loop.batch_size=32 loop.num_rounds="$ROUNDS")
 pids=()
+names=()
 for arm in "$@"; do
   name=${arm%%=*}
+  names+=("$name")
   overrides=${arm#*=}
   IFS=, read -r -a extra <<< "$overrides"
   timeout -s INT -k 20 "$DEADLINE_S" "$PYTHON" -m cortex.cli.bench methods="[lambo]" "${common[@]}" \
-    ${extra[@]+"${extra[@]}"} hydra.run.dir="$OUT/runs/$name" >"$OUT/$name.log" 2>&1 &
+    ${extra[@]+"${extra[@]}"} hydra.run.dir="$OUT/runs/$name" >"$OUT/runs/$name.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do
   wait "$pid" || { code=$?; [[ $code == 124 || $code == 130 ]] || { echo "run $pid failed ($code)"; status=1; }; }
 done
-"$PYTHON" -m cortex.cli.bench methods="[ga]" "${common[@]}" hydra.run.dir="$OUT/runs/ga" >"$OUT/ga.log" 2>&1 || status=1
-tar czf "$OUT/runs.tgz" -C "$OUT" runs  # first: the states come back even if the summaries below run out of time
+"$PYTHON" -m cortex.cli.bench methods="[ga]" "${common[@]}" hydra.run.dir="$OUT/runs/ga" >"$OUT/runs/ga.log" 2>&1 ||
+  status=1
+# First, an archive a run (its states and log): the states come back even if the summaries below run out of time,
+# and each archive stays under the device tool's 16 MiB a file (one archive of 60 runs did not).
+for name in ga "${names[@]}"; do
+  tar czf "$OUT/$name.tgz" -C "$OUT/runs" "$name" "$name.log"
+done
 for arm in "$@"; do
   name=${arm%%=*}
   "$PYTHON" bench/closed_loop_cpu.py --states "$OUT/runs/$name" "$OUT/runs/ga" --write-results \
