@@ -223,7 +223,8 @@ class LoopConfig:
     from proposes allowed transitions), mlm_seed_pool_only (default True: it learns only from the seed pool, the
     best measured sequences LaMBO-2 starts from, so the denoiser proposes what they hold, a learned recombination
     of them; session 8: GB1 median 70.5 vs 86.5 evaluations to the top 1 % over 20 seeds, GA 72; Ehrlich easy at
-    1,280 evaluations on CPU median 0.32 vs 0.14; on two H200s one easy run of five solved it),
+    1,280 evaluations on CPU median 0.32 vs 0.14; on two H200s one easy run of five solved it; but Ehrlich medium
+    at 384 evaluations, seeds 0-3: 0.094 vs 0.14 with it off, session-6 defaults),
     root_num_blocks / root_dilation (conv root depth and the dilation of its inner blocks: the receptive field
     must span a motif with its spacings), warm_start (start from the previous round's weights; off by default: Ehrlich easy, a warm-started surrogate's MLM memorizes the
     near-duplicate data, so LaMBO-2 returned 89 new sequences where a fresh one returned 227, and the loop's
