@@ -216,9 +216,10 @@ class LoopConfig:
     presolve_rounds: the first rounds of every method are genetic-algorithm generations (the literature's
     GA-presolved start). seed: the optimizer seed (the problem instance is fixed separately).
     Surrogate: feature_dim, ensemble_size, num_epochs (at least; more while fewer than min_train_steps
-    optimizer steps were taken: a small early data set still gets a fitted model), train_batch_size, learning_rate, max_noise_level (MLM
-    corruption drawn uniformly in [0, max]), max_property_noise_level (the same for the property leaves, which see
-    their own, less corrupted copy of the batch: 0 trains them on clean sequences, as they score proposals),
+    optimizer steps were taken: a small early data set still gets a fitted model), train_batch_size,
+    learning_rate, max_noise_level (MLM corruption drawn uniformly in [0, max]), max_property_noise_level (the
+    same for the property leaves, which see their own, less corrupted copy of the batch: 0 trains them on clean
+    sequences, as they score proposals),
     mlm_feasible_only (the MLM leaf learns only from feasible sequences, so the denoiser that LaMBO-2 samples
     from proposes allowed transitions), mlm_seed_pool_only (default True: it learns only from the seed pool, the
     best measured sequences LaMBO-2 starts from, so the denoiser proposes what they hold, a learned recombination
@@ -226,11 +227,12 @@ class LoopConfig:
     1,280 evaluations on CPU median 0.32 vs 0.14; on two H200s one easy run of five solved it; but Ehrlich medium
     at 384 evaluations, seeds 0-3: 0.094 vs 0.14 with it off, session-6 defaults),
     root_num_blocks / root_dilation (conv root depth and the dilation of its inner blocks: the receptive field
-    must span a motif with its spacings), warm_start (start from the previous round's weights; off by default: Ehrlich easy, a warm-started surrogate's MLM memorizes the
-    near-duplicate data, so LaMBO-2 returned 89 new sequences where a fresh one returned 227, and the loop's
-    rounds averaged 155 vs 302 new candidates), property_pooling (how the property branch pools positions, one of
-    `cortex.model.layers.POOLING_TYPES`: "max" makes each channel a motif detector that fires at its best
-    placement, the shape of objectives such as Ehrlich's max over motif offsets; "mean" averages positions).
+    must span a motif with its spacings), warm_start (start from the previous round's weights; off by default:
+    Ehrlich easy, a warm-started surrogate's MLM memorizes the near-duplicate data, so LaMBO-2 returned 89 new
+    sequences where a fresh one returned 227, and the loop's rounds averaged 155 vs 302 new candidates),
+    property_pooling (how the property branch pools positions, one of `cortex.model.layers.POOLING_TYPES`:
+    "max" makes each channel a motif detector that fires at its best placement, the shape of objectives such as
+    Ehrlich's max over motif offsets; "mean" averages positions).
     target_transform: "none", "rank" (the objective regressor learns mid-ranks of the feasible values in [0, 1]:
     monotone, so it changes no ordering, and it spreads skewed or multiplicative objectives evenly) or "log"
     (`log_transform`: a product becomes a sum; on 10 Ehrlich-easy run states the acquisition ranked the incumbent's
@@ -534,10 +536,7 @@ class ClosedLoop:
         if cfg.baseline_start == "best":
             # The starting set, best first: a population smaller than the set starts from its best members.
             initial = self.rounds == 0
-            best_first = torch.sort(
-                torch.nan_to_num(self.values[initial], nan=-math.inf), descending=True, stable=True
-            ).indices
-            seeds = self.states[initial][best_first]
+            seeds = self.states[initial][best_first(self.values[initial])]
         if method == "ga":
             return GeneticAlgorithm(
                 seeds,
@@ -961,8 +960,7 @@ class ClosedLoop:
         cfg = self.config
         population = cfg.lambo_population or 4 * cfg.batch_size
         pool = cfg.lambo_seed_pool or max(1, cfg.batch_size // 2)
-        order = torch.sort(torch.nan_to_num(self.values, nan=-math.inf), descending=True, stable=True).indices
-        return order[: min(pool, population)]
+        return best_first(self.values)[: min(pool, population)]
 
     def lambo_seeds(self) -> list[str]:
         """The LaMBO-2 seeds of a round: the `lambo_seed_pool` best measured sequences (stable order among ties,
@@ -1151,6 +1149,11 @@ def rank_transform(values: torch.Tensor) -> torch.Tensor:
     return torch.full_like(values, math.nan).masked_scatter(finite, ranks)
 
 
+def best_first(values: torch.Tensor) -> torch.Tensor:
+    """(N,) row indices of (N,) measured values, highest first, stable among ties, NaN (infeasible) last."""
+    return torch.sort(torch.nan_to_num(values, nan=-math.inf), descending=True, stable=True).indices
+
+
 def single_mutants(state: torch.Tensor, is_mutable: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """(M, L) every single-site mutant of an (L,) state at its mutable positions ((L,) bool), position-major then
     token order, M = mutable positions x (vocab_size - 1)."""
@@ -1205,6 +1208,7 @@ __all__ = [
     "DesignProblem",
     "LoopConfig",
     "LoopResult",
+    "best_first",
     "build_problem",
     "ehrlich_problem",
     "gb1_problem",
