@@ -27,6 +27,8 @@ shift $(( $# > 2 ? 2 : $# ))
 DEVICE=cuda
 SEEDS=${SEEDS:-0 1 2 3 4}
 LEVELS=${LEVELS:-easy medium}  # Ehrlich presets to run, e.g. LEVELS="medium hard"
+THREADS=${THREADS:-1}  # torch threads a run (LaMBO-2 on the CPU, loop.device=cpu, wants several)
+GA=${GA:-1}  # 0: LaMBO-2 only (another job on the same host runs the GA seeds)
 EXTRA=()
 for arg in "$@"; do
   case $arg in
@@ -36,16 +38,18 @@ for arg in "$@"; do
   esac
 done
 mkdir -p "$OUT/runs"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the repository tree travels, not an installed package
 pids=()
 LAMBO_PROCS=${LAMBO_PROCS:-1}  # LaMBO-2 processes per level sharing the GPU; each runs its share of SEEDS in turn
 read -r -a seed_list <<< "$SEEDS"
 for level in $LEVELS; do
   # GA: a CPU process per seed. LaMBO-2: LAMBO_PROCS GPU processes per level (session 4: 10 processes sharing one
-  # H200 finished no round in 400 s, time-sliced contexts; one process ran a medium round in ~60 s).
+  # H200 finished no round in 400 s, time-sliced contexts). Session 9 (bench/profile_round.py): one process alone
+  # runs a medium round of 128 from the 512 pool in 23 s (16 s of it surrogate training, launch-bound); three
+  # processes sharing the H200 took about 180 s a round each, so on one GPU keep LAMBO_PROCS=1 (seeds in turn).
   jobs=()
-  for seed in "${seed_list[@]}"; do jobs+=("ga $seed"); done
+  if [[ $GA == 1 ]]; then for seed in "${seed_list[@]}"; do jobs+=("ga $seed"); done; fi
   for ((p = 0; p < LAMBO_PROCS; p++)); do
     group=()
     for ((i = p; i < ${#seed_list[@]}; i += LAMBO_PROCS)); do group+=("${seed_list[i]}"); done
@@ -57,7 +61,7 @@ for level in $LEVELS; do
     [[ $method == lambo ]] && device=$DEVICE
     dir="$OUT/runs/${level}_${method}_s${seeds//,/-}"
     timeout -s INT -k 20 "$DEADLINE_S" python -m cortex.cli.bench \
-      problems="[$level]" methods="[$method]" seeds="[$seeds]" num_threads=1 num_workers=1 \
+      problems="[$level]" methods="[$method]" seeds="[$seeds]" num_threads="$THREADS" num_workers=1 \
       initial_size=512 loop.batch_size=128 loop.num_rounds=12 \
       loop.feature_dim=64 loop.train_batch_size=128 \
       ${EXTRA[@]+"${EXTRA[@]}"} ++loop.device="$device" hydra.run.dir="$dir" \

@@ -6,6 +6,7 @@ import itertools
 import math
 
 import pytest
+import scipy.stats
 import torch
 
 from cortex.benchmarks.blackbox import FunctionBlackBox
@@ -483,7 +484,8 @@ def test_explore_feasible_frac_sets_the_quota_from_the_measured_rate_of_unseen_k
     explorers in a batch of 10; with no such row yet the uniform prior gives 0.5 (2 of 10); a floor of 0.5 at
     rate 0.6 admits the whole batch."""
     problem = _toy_constrained_problem(["AAAA", "ABAB", "AAAB", "AAAC", "ADAA", "CAAA"])
-    loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9))
+    mean = {"explore_rate_quantile": None}  # plan with the posterior mean
+    loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, **mean))
     # Round 0 sees AA, AB, BA. Round 1: AAAC (AC unseen) feasible, ADAA (AD, DA unseen: two) infeasible,
     # AAAB (all seen) feasible, CAAA (CA unseen) feasible; add BAAD (AD unseen) infeasible.
     loop.states = torch.cat([problem.initial_states, problem.encode(["BAAD"])])
@@ -491,11 +493,11 @@ def test_explore_feasible_frac_sets_the_quota_from_the_measured_rate_of_unseen_k
     loop.rounds = torch.tensor([0, 0, 1, 1, 1, 1, 1])
     assert loop.unseen_kmer_feasible_rate() == pytest.approx(3 / 5)
     assert loop.explore_quota(10) == 2
-    prior = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9))
+    prior = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, **mean))
     prior.states, prior.values, prior.rounds = loop.states[:2], loop.values[:2], loop.rounds[:2]
     assert prior.unseen_kmer_feasible_rate() == 0.5
     assert prior.explore_quota(10) == 2
-    loose = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.5))
+    loose = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.5, **mean))
     loose.states, loose.values, loose.rounds = loop.states, loop.values, loop.rounds
     assert loose.explore_quota(10) == 10
     # The quota reaches the batch: DAAA (DA unseen, not proved forbidden) goes first; AAAD holds the forbidden
@@ -505,6 +507,30 @@ def test_explore_feasible_frac_sets_the_quota_from_the_measured_rate_of_unseen_k
     assert problem.decode(loose.select_batch(proposals, parents, 3)) == ["DAAA", "BAAA", "ABAA"]
     # Quota 0 at the 0.9 floor; the fill (AAAD: the forbidden AD) cannot keep the floor, so the round measures 2.
     assert problem.decode(loop.select_batch(proposals, parents, 3)) == ["BAAA", "ABAA"]
+
+
+def test_explorer_quota_plans_with_a_low_quantile_of_the_feasible_rate():
+    """By default the quota plans with the 0.1 quantile of the rate's Beta posterior, not its mean: from the
+    uniform prior p = 0.1, so a 0.9 floor admits floor(128 * 0.1 / 0.9) = 14 explorers of 128, not 25 (at the
+    mean 0.5, of which Ehrlich medium's 16-36 % feasible explorers took the rounds to 84-88 %). With 2 feasible
+    and 1 infeasible one-unseen rows (Beta(3, 2)) p is its 0.1 quantile, below the mean 0.6, so fewer explorers;
+    and even when every explorer turns out infeasible the batch holds floor(0.1 * 128) = 12 of them."""
+    problem = _toy_constrained_problem(["AAAA", "ABAB", "AAAB", "AAAC", "ADAA", "CAAA"])
+    quantile = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9))
+    quantile.states, quantile.values = problem.initial_states[:2], torch.zeros(2)
+    quantile.rounds = torch.zeros(2, dtype=torch.int64)
+    assert quantile.unseen_kmer_feasible_counts() == (0, 0)
+    assert quantile.unseen_kmer_feasible_rate() == pytest.approx(0.1)
+    assert quantile.explore_quota(128) == 14
+    quantile.states = torch.cat([problem.initial_states, problem.encode(["BAAD"])])
+    quantile.values = torch.tensor([0.0, 0.0, 0.0, 0.0, -math.inf, 0.0, -math.inf])
+    quantile.rounds = torch.tensor([0, 0, 1, 1, 1, 1, 1])
+    assert quantile.unseen_kmer_feasible_counts() == (2, 1)
+    rate = quantile.unseen_kmer_feasible_rate()
+    assert rate == pytest.approx(scipy.stats.beta.ppf(0.1, 3, 2)) and rate < 0.5
+    assert 12 <= quantile.explore_quota(128) == math.floor(128 * 0.1 / (1 - rate)) < math.floor(12.8 / 0.4)
+    with pytest.raises(ValueError, match=r"explore_rate_quantile is 1\.5"):
+        LoopConfig(explore_rate_quantile=1.5)
 
 
 def test_feasible_floor_drops_the_fill_then_the_last_explorers():
@@ -517,7 +543,9 @@ def test_feasible_floor_drops_the_fill_then_the_last_explorers():
     tiers = torch.tensor([-1, 0, 0, 2, 1])
     kept = {}
     for floor in (0.9, 0.5):
-        loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=floor))
+        loop = ClosedLoop(
+            problem, LoopConfig(kmer_screen=2, explore_feasible_frac=floor, explore_rate_quantile=None)
+        )
         loop.states, loop.values = problem.initial_states, values
         loop.rounds = torch.tensor([0, 0, 1, 1, 1, 1, 1])
         kept[floor] = loop.within_feasible_floor(batch, tiers).tolist()
