@@ -484,7 +484,10 @@ def test_explore_feasible_frac_sets_the_quota_from_the_measured_rate_of_unseen_k
     explorers in a batch of 10; with no such row yet the uniform prior gives 0.5 (2 of 10); a floor of 0.5 at
     rate 0.6 admits the whole batch."""
     problem = _toy_constrained_problem(["AAAA", "ABAB", "AAAB", "AAAC", "ADAA", "CAAA"])
-    mean = {"explore_rate_quantile": None}  # plan with the posterior mean
+    mean = {
+        "explore_rate_quantile": None,
+        "feasible_floor_scope": "round",
+    }  # posterior mean, each batch alone
     loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, **mean))
     # Round 0 sees AA, AB, BA. Round 1: AAAC (AC unseen) feasible, ADAA (AD, DA unseen: two) infeasible,
     # AAAB (all seen) feasible, CAAA (CA unseen) feasible; add BAAD (AD unseen) infeasible.
@@ -516,7 +519,8 @@ def test_explorer_quota_plans_with_a_low_quantile_of_the_feasible_rate():
     and 1 infeasible one-unseen rows (Beta(3, 2)) p is its 0.1 quantile, below the mean 0.6, so fewer explorers;
     and even when every explorer turns out infeasible the batch holds floor(0.1 * 128) = 12 of them."""
     problem = _toy_constrained_problem(["AAAA", "ABAB", "AAAB", "AAAC", "ADAA", "CAAA"])
-    quantile = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9))
+    config = LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, feasible_floor_scope="round")
+    quantile = ClosedLoop(problem, config)
     quantile.states, quantile.values = problem.initial_states[:2], torch.zeros(2)
     quantile.rounds = torch.zeros(2, dtype=torch.int64)
     assert quantile.unseen_kmer_feasible_counts() == (0, 0)
@@ -533,6 +537,38 @@ def test_explorer_quota_plans_with_a_low_quantile_of_the_feasible_rate():
         LoopConfig(explore_rate_quantile=1.5)
 
 
+def test_feasible_floor_over_the_run_spends_earlier_surplus_and_repays_a_deficit():
+    """With feasible_floor_scope "run" (default) the quota keeps the feasible fraction of the run's proposals
+    and the batch together at 0.9: after 20 proposals all feasible (surplus 2) a batch of 10 at rate 0.5 takes
+    floor((20 + 10 - 27) / 0.5) = 6 explorers (per batch: 2); after 20 with 4 infeasible (deficit 2) none, and the
+    floor then drops the batch's risky rows; with nothing measured yet it is the per-batch quota."""
+    problem = _toy_constrained_problem(["AAAA", "ABAB"])
+    mean = {"explore_rate_quantile": None}
+    loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, **mean))
+    per_batch = ClosedLoop(
+        problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, feasible_floor_scope="round", **mean)
+    )
+    measured = torch.cat([problem.initial_states, problem.initial_states[[0]].repeat(20, 1)])
+    for run in (loop, per_batch):
+        run.states, run.values = problem.initial_states, torch.zeros(2)
+        run.rounds = torch.zeros(2, dtype=torch.int64)
+    assert loop.measured_proposals() == (0, 0) and loop.explore_quota(10) == per_batch.explore_quota(10) == 2
+    for run in (loop, per_batch):
+        run.states, run.values = measured, torch.zeros(22)
+        run.rounds = torch.tensor([0, 0] + [1] * 20)
+    assert loop.measured_proposals() == (20, 20)
+    assert loop.unseen_kmer_feasible_rate() == 0.5  # no one-unseen row measured: the prior's mean
+    assert loop.explore_quota(10) == 6 and per_batch.explore_quota(10) == 2
+    loop.values = torch.tensor([0.0, 0.0] + [-math.inf] * 4 + [0.0] * 16)
+    loop.values[2] = math.nan  # unknown: left out of N
+    assert loop.measured_proposals() == (16, 19)
+    assert loop.explore_quota(10) == 0
+    batch = problem.encode(["AAAA", "ABAB", "DAAA"])
+    assert loop.within_feasible_floor(batch, torch.tensor([0, 0, 1])).tolist() == [True, True, False]
+    with pytest.raises(ValueError, match=r"feasible_floor_scope is 'batch'"):
+        LoopConfig(feasible_floor_scope="batch")
+
+
 def test_feasible_floor_drops_the_fill_then_the_last_explorers():
     """An ordered batch [explorer, seen, seen, two unseen windows, forbidden] is feasible with probabilities
     [0.6, 1, 1, 0.36, 0] (measured rate 0.6): at a 0.9 floor the forbidden row, the fill and the explorer go
@@ -544,7 +580,13 @@ def test_feasible_floor_drops_the_fill_then_the_last_explorers():
     kept = {}
     for floor in (0.9, 0.5):
         loop = ClosedLoop(
-            problem, LoopConfig(kmer_screen=2, explore_feasible_frac=floor, explore_rate_quantile=None)
+            problem,
+            LoopConfig(
+                kmer_screen=2,
+                explore_feasible_frac=floor,
+                explore_rate_quantile=None,
+                feasible_floor_scope="round",
+            ),
         )
         loop.states, loop.values = problem.initial_states, values
         loop.rounds = torch.tensor([0, 0, 1, 1, 1, 1, 1])

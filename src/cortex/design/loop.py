@@ -71,7 +71,9 @@ PREDATED_OPTIONS: dict[str, object] = {
     "mlm_seed_pool_only": False,
     "fill_batch": False,
     "explore_rate_quantile": None,
+    "feasible_floor_scope": "round",
 }
+FLOOR_SCOPES = ("run", "round")
 BASELINE_STARTS = ("best", "given")
 
 
@@ -271,7 +273,12 @@ class LoopConfig:
     the rate's Beta posterior, not its mean, so the floor holds when the rate is lower than the data suggest.
     With the mean the floor held only on average and the rounds landed under it: from the uniform prior (mean
     0.5) round 1 took 25 explorers of 128, of which 16-36 % were feasible (Ehrlich medium and hard on an H200,
-    8 runs: 84-88 % feasible rounds); the 0.1 quantile of the prior is 0.1, so 14 explorers. The floor also bounds the rest of the batch
+    8 runs: 84-88 % feasible rounds); the 0.1 quantile of the prior is 0.1, so 14 explorers.
+    feasible_floor_scope: "run" (default) or "round" (before session 9): what the floor bounds, the feasible
+    fraction of all the run's proposals so far or of each batch alone. With "run" a round may spend the surplus
+    of earlier rounds (a pessimistic plan leaves one) on explorers, and repays a deficit with fewer:
+    quota = floor((F + batch - value * (N + batch)) / (1 - p)) after N measured proposals, F of them feasible
+    (with N = 0 the per-round quota). The floor also bounds the rest of the batch
     (`within_feasible_floor`): when too few fully seen LaMBO-2 candidates exist, the risky rows are dropped and
     the slots filled with the acquisition's best fully seen single mutants of the seeds (`safe_fill`), so a
     round still measures `batch_size` (before the fill a very small start starved: cortex-bench's tiny grid, 8
@@ -318,6 +325,7 @@ class LoopConfig:
     kmer_explore: float = 0.0
     explore_feasible_frac: float | None = 0.9
     explore_rate_quantile: float | None = 0.1
+    feasible_floor_scope: str = "run"
     distinct_edits: bool = True
     max_guidance_updates: int = 4
     guidance_step_size: float = 0.1
@@ -362,6 +370,10 @@ class LoopConfig:
             raise ValueError(
                 f"LoopConfig.explore_rate_quantile is {self.explore_rate_quantile!r}; expected None or a float "
                 "in (0, 1)"
+            )
+        if self.feasible_floor_scope not in FLOOR_SCOPES:
+            raise ValueError(
+                f"LoopConfig.feasible_floor_scope is {self.feasible_floor_scope!r}; expected one of {FLOOR_SCOPES}"
             )
         if self.property_pooling not in POOLING_TYPES:
             raise ValueError(
@@ -912,7 +924,8 @@ class ClosedLoop:
         self, batch: torch.Tensor, tiers: torch.Tensor, rate: float | None = None
     ) -> torch.Tensor:
         """(B,) bool: the rows of an ordered (B, L) batch kept so that its expected feasible fraction is at least
-        `explore_feasible_frac`. tiers (B,): -1 explorer, else the number of unseen k-mer windows. A row is
+        `explore_feasible_frac` (with `feasible_floor_scope` "run": that of the batch and the run's measured
+        proposals together, `measured_proposals`). tiers (B,): -1 explorer, else the number of unseen k-mer windows. A row is
         feasible with probability 1 when fully seen, 0 when it holds a k-mer proved forbidden, else p ** u (p
         the measured rate `unseen_kmer_feasible_rate`, u its unseen windows, explorers u = 1). Rows that may be
         infeasible are dropped from the end (the fewest-unseen fill first, then the last explorers) until the
@@ -926,9 +939,10 @@ class ClosedLoop:
             holds_forbidden, 0.0, torch.full(tiers.shape, rate, dtype=torch.float64) ** tiers.abs()
         )  # (B,)
         keep = torch.ones(tiers.shape, dtype=torch.bool)
+        feasible_before, measured_before = self.measured_proposals()
         total, size = float(probability.sum()), tiers.numel()
         for row in reversed(range(tiers.numel())):
-            if total >= self.config.explore_feasible_frac * size - 1e-9:
+            if feasible_before + total >= self.config.explore_feasible_frac * (measured_before + size) - 1e-9:
                 break
             if probability[row] < 1.0:
                 keep[row] = False
@@ -1003,14 +1017,27 @@ class ClosedLoop:
     def explore_quota(self, limit: int, rate: float | None = None) -> int:
         """Batch slots of `limit` for explorers (candidates with one unseen k-mer): round(kmer_explore * limit),
         or with `explore_feasible_frac` f the most that keep the expected feasible fraction >= f when explorers
-        are feasible at the measured rate p and the other candidates always: floor(limit * (1 - f) / (1 - p))."""
+        are feasible at the measured rate p and the other candidates always: floor(limit * (1 - f) / (1 - p)); with
+        `feasible_floor_scope` "run", of the batch and the run's F feasible of N measured proposals together:
+        floor((F + limit - f * (N + limit)) / (1 - p)), at least 0."""
         cfg = self.config
         if cfg.explore_feasible_frac is None:
             return round(cfg.kmer_explore * limit)
         rate = self.unseen_kmer_feasible_rate() if rate is None else rate
         if rate >= 1.0:
             return limit
-        return min(limit, math.floor(limit * (1.0 - cfg.explore_feasible_frac) / (1.0 - rate) + 1e-9))
+        feasible_before, measured_before = self.measured_proposals()
+        slack = feasible_before + limit - cfg.explore_feasible_frac * (measured_before + limit)
+        return max(0, min(limit, math.floor(slack / (1.0 - rate) + 1e-9)))
+
+    def measured_proposals(self) -> tuple[int, int]:
+        """(F, N) that the feasibility floor carries over: with `feasible_floor_scope` "run", the N proposals
+        measured so far (rounds >= 1, NaN rows, unknown, left out) and the F of them feasible; with "round" (0, 0),
+        so every batch keeps the floor alone."""
+        if self.config.feasible_floor_scope == "round":
+            return 0, 0
+        measured = (self.rounds > 0) & ~self.values.isnan()
+        return int(torch.isfinite(self.values[measured]).sum()), int(measured.sum())
 
     def unseen_kmer_feasible_rate(self) -> float:
         """The rate the explorer quota and the feasibility floor plan with: of the posterior Beta(a + 1, b + 1)
