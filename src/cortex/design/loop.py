@@ -925,12 +925,12 @@ class ClosedLoop:
     ) -> torch.Tensor:
         """(B,) bool: the rows of an ordered (B, L) batch kept so that its expected feasible fraction is at least
         `explore_feasible_frac` (with `feasible_floor_scope` "run": that of the batch and the run's measured
-        proposals together, `measured_proposals`). tiers (B,): -1 explorer, else the number of unseen k-mer windows. A row is
-        feasible with probability 1 when fully seen, 0 when it holds a k-mer proved forbidden, else p ** u (p
-        the measured rate `unseen_kmer_feasible_rate`, u its unseen windows, explorers u = 1). Rows that may be
-        infeasible are dropped from the end (the fewest-unseen fill first, then the last explorers) until the
-        floor holds; the round then measures fewer than `batch_size` rather than spend evaluations on likely
-        infeasible sequences (with a small seed pool the fully seen candidates can run out: Ehrlich easy,
+        proposals together, `measured_proposals`). tiers (B,): -1 explorer, else the number of unseen k-mer
+        windows. A row is feasible with probability 1 when fully seen, 0 when it holds a k-mer proved forbidden,
+        else p ** u (p the planning rate `unseen_kmer_feasible_rate`, u its unseen windows, explorers u = 1). Rows
+        that may be infeasible are dropped from the end (the fewest-unseen fill first, then the last explorers)
+        until the floor holds; the round then measures fewer than `batch_size` rather than spend evaluations on
+        likely infeasible sequences (with a small seed pool the fully seen candidates can run out: Ehrlich easy,
         `lambo_seed_pool=8`, 27 of 64 in a round, and the fill took its feasible fraction to 0.77)."""
         rate = self.unseen_kmer_feasible_rate() if rate is None else rate
         forbidden = self.forbidden_kmers()
