@@ -538,16 +538,16 @@ def test_explorer_quota_plans_with_a_low_quantile_of_the_feasible_rate():
 
 
 def test_feasible_floor_over_the_run_spends_earlier_surplus_and_repays_a_deficit():
-    """With feasible_floor_scope "run" (default) the quota keeps the feasible fraction of the run's proposals
+    """With feasible_floor_scope "run" (default "round") the quota keeps the feasible fraction of the run's proposals
     and the batch together at 0.9: after 20 proposals all feasible (surplus 2) a batch of 10 at rate 0.5 takes
     floor((20 + 10 - 27) / 0.5) = 6 explorers (per batch: 2); after 20 with 4 infeasible (deficit 2) none, and the
     floor then drops the batch's risky rows; with nothing measured yet it is the per-batch quota."""
     problem = _toy_constrained_problem(["AAAA", "ABAB"])
     mean = {"explore_rate_quantile": None}
-    loop = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, **mean))
-    per_batch = ClosedLoop(
-        problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, feasible_floor_scope="round", **mean)
+    loop = ClosedLoop(
+        problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, feasible_floor_scope="run", **mean)
     )
+    per_batch = ClosedLoop(problem, LoopConfig(kmer_screen=2, explore_feasible_frac=0.9, **mean))
     measured = torch.cat([problem.initial_states, problem.initial_states[[0]].repeat(20, 1)])
     for run in (loop, per_batch):
         run.states, run.values = problem.initial_states, torch.zeros(2)

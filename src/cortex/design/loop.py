@@ -274,11 +274,12 @@ class LoopConfig:
     With the mean the floor held only on average and the rounds landed under it: from the uniform prior (mean
     0.5) round 1 took 25 explorers of 128, of which 16-36 % were feasible (Ehrlich medium and hard on an H200,
     8 runs: 84-88 % feasible rounds); the 0.1 quantile of the prior is 0.1, so 14 explorers.
-    feasible_floor_scope: "run" (default) or "round" (before session 9): what the floor bounds, the feasible
-    fraction of all the run's proposals so far or of each batch alone. With "run" a round may spend the surplus
-    of earlier rounds (a pessimistic plan leaves one) on explorers, and repays a deficit with fewer:
-    quota = floor((F + batch - value * (N + batch)) / (1 - p)) after N measured proposals, F of them feasible
-    (with N = 0 the per-round quota). The floor also bounds the rest of the batch
+    feasible_floor_scope: "round" (default) or "run": what the floor bounds, the feasible fraction of each batch
+    alone or of all the run's proposals so far with the batch. With "run" a round spends the surplus of earlier
+    rounds (a pessimistic plan leaves one) on explorers and repays a deficit with fewer: quota =
+    floor((F + batch - value * (N + batch)) / (1 - p)) after N measured proposals, F of them feasible. Not the
+    default: it lands the run on the floor itself (Ehrlich easy, 1,280 evaluations, seed 0: 89.8 % feasible, best
+    0.19; "round": 92.6 %, 0.21). The floor also bounds the rest of the batch
     (`within_feasible_floor`): when too few fully seen LaMBO-2 candidates exist, the risky rows are dropped and
     the slots filled with the acquisition's best fully seen single mutants of the seeds (`safe_fill`), so a
     round still measures `batch_size` (before the fill a very small start starved: cortex-bench's tiny grid, 8
@@ -325,7 +326,7 @@ class LoopConfig:
     kmer_explore: float = 0.0
     explore_feasible_frac: float | None = 0.9
     explore_rate_quantile: float | None = 0.1
-    feasible_floor_scope: str = "run"
+    feasible_floor_scope: str = "round"
     distinct_edits: bool = True
     max_guidance_updates: int = 4
     guidance_step_size: float = 0.1
