@@ -229,7 +229,8 @@ class LoopConfig:
     best measured sequences LaMBO-2 starts from, so the denoiser proposes what they hold, a learned recombination
     of them; session 8: GB1 median 70.5 vs 86.5 evaluations to the top 1 % over 20 seeds, GA 72; Ehrlich easy at
     1,280 evaluations on CPU median 0.32 vs 0.14; on two H200s one easy run of five solved it; but Ehrlich medium
-    at 384 evaluations, seeds 0-3: 0.094 vs 0.14 with it off, session-6 defaults),
+    at 384 evaluations, seeds 0-3: 0.094 vs 0.14 with it off, session-6 defaults; with session 9's
+    explore_rate_quantile, 0.14 over 5 seeds),
     root_num_blocks / root_dilation (conv root depth and the dilation of its inner blocks: the receptive field
     must span a motif with its spacings), warm_start (start from the previous round's weights; off by default:
     Ehrlich easy, a warm-started surrogate's MLM memorizes the near-duplicate data, so LaMBO-2 returned 89 new
@@ -1203,7 +1204,8 @@ def rank_transform(values: torch.Tensor) -> torch.Tensor:
 
 
 def best_first(values: torch.Tensor) -> torch.Tensor:
-    """(N,) row indices of (N,) measured values, highest first, stable among ties, NaN (infeasible) last."""
+    """(N,) row indices of (N,) measured values, highest first, stable among ties; -inf (infeasible) and NaN
+    (unknown) last."""
     return torch.sort(torch.nan_to_num(values, nan=-math.inf), descending=True, stable=True).indices
 
 
